@@ -1,0 +1,1 @@
+"""Sub-commands of `hebbir`; `common` holds the options they share."""

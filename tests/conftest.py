@@ -1,0 +1,38 @@
+"""Shared fixtures: the CIFAR-10 archive imported once per test session, seeds fixed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+CIFAR_ARCHIVE = Path(os.environ.get("HEBBIR_CIFAR10_ARCHIVE",
+                                    REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def cifar_data_dir(tmp_path_factory) -> Path:
+    """A data directory holding CIFAR-10 imported from the shared archive (skips if the archive is absent)."""
+    if not CIFAR_ARCHIVE.is_file():
+        pytest.skip(f"CIFAR-10 archive not found at {CIFAR_ARCHIVE}")
+    from hebb.data import import_dataset
+
+    data_dir = tmp_path_factory.mktemp("data")
+    import_dataset("cifar10", CIFAR_ARCHIVE, data_dir)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def cifar_splits(cifar_data_dir):
+    """{'train','val','test'} ArraySets of CIFAR-10 (decoded once per session)."""
+    from hebb.data import load_splits
+
+    return load_splits("cifar10", cifar_data_dir)
