@@ -1,0 +1,138 @@
+"""HebbConv2d: a convolution (or a fully connected layer, as a conv whose kernel covers the map) that learns
+with a Hebbian rule of `hebb.rules`.
+
+The update of a convolution is the rule applied to every patch of every image (each patch one row of
+F.unfold). It is computed without unfolding: Σ_patches yᵀx is the weight gradient of the convolution
+(conv2d_weight with y as grad_output), patch norms come from convolving x² with a ones kernel, and YᵀY is a
+plain (M x M) product of the outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.grad import conv2d_weight
+
+from hebb import rules
+from hebb.errors import UserError
+
+RULES = ("hpca", "swta", "wta")
+
+
+class HebbConv2d(nn.Module):
+    """Conv layer without bias that learns with rule "hpca", "swta" (soft-WTA) or "wta" (hard WTA).
+
+    forward(x) is differentiable: ReLU(conv(x, W)) for HPCA, ReLU(conv(x, W/‖W‖)) for the WTA rules. When
+    `hebbian_learning` is True and the module is training, forward also adds -dW to weight.grad (reusing its
+    own output), so that a torch optimizer step applies W += lr·dW. `teacher`, when set to a (B, M) or
+    (B, M, H', W') tensor, replaces the neuron outputs in those updates (supervised Hebbian learning).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, rule: str = "hpca",
+                 temperature: float = 0.02, stride: int = 1):
+        super().__init__()
+        if rule not in RULES:
+            raise UserError(f"unknown Hebbian rule {rule!r} (expected one of {', '.join(RULES)})")
+        if rule == "swta" and not temperature > 0:
+            raise UserError(f"soft-WTA temperature must be positive, got {temperature}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = kernel_size, stride
+        self.rule, self.temperature = rule, temperature
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        nn.init.xavier_normal_(self.weight)  # as the reference FastHebb code
+        self.hebbian_learning = False
+        self.teacher: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"rule={self.rule!r}" + (f", temperature={self.temperature}" if self.rule == "swta" else ""))
+
+    def effective_weight(self) -> torch.Tensor:
+        """The kernels the forward pass uses: W for HPCA, each kernel scaled to unit norm for the WTA rules."""
+        w = self.weight
+        if self.rule == "hpca":
+            return w
+        norms = w.flatten(1).norm(dim=1)
+        return w / torch.where(norms > 0, norms, torch.ones_like(norms))[:, None, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.conv2d(x, self.effective_weight(), stride=self.stride)
+        if self.training and self.hebbian_learning:
+            dw = self._delta(x.detach(), pre.detach(), self.teacher)
+            if self.weight.grad is None:
+                self.weight.grad = -dw
+            else:
+                self.weight.grad.sub_(dw)
+        return torch.relu(pre)
+
+    @torch.no_grad()
+    def hebbian_delta(self, x: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
+        """The rule's update dW (shape of .weight, no learning rate) for the input batch x (B, C, H, W)."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise UserError(f"expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        pre = F.conv2d(x, self.effective_weight(), stride=self.stride)
+        return self._delta(x, pre, teacher)
+
+    @torch.no_grad()
+    def _delta(self, x: torch.Tensor, pre: torch.Tensor, teacher: torch.Tensor | None) -> torch.Tensor:
+        # The update is accumulated in the weight's dtype (float32), also under autocast.
+        with torch.autocast(x.device.type, enabled=False):
+            w = self.weight.detach()
+            x, pre = x.to(w.dtype), pre.to(w.dtype)
+            signal = None if teacher is None else self._expand_teacher(teacher, pre)
+            if self.rule == "hpca":
+                dw = self._hpca(x, pre, signal, w)
+            elif self.rule == "swta":
+                dw = self._competitive(x, pre, signal, w, soft=True)
+            else:
+                dw = self._competitive(x, pre, signal, w, soft=False)
+        return dw.reshape_as(w)
+
+    def _expand_teacher(self, teacher: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+        teacher = teacher.to(device=pre.device, dtype=pre.dtype)
+        if teacher.dim() == 2:
+            teacher = teacher[:, :, None, None]
+        if teacher.shape[:2] != pre.shape[:2]:
+            raise UserError(f"teacher signal must be (B, M) = {tuple(pre.shape[:2])}, got {tuple(teacher.shape)}")
+        return teacher.expand_as(pre).contiguous()
+
+    def _patch_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, M, H', W') -> (B·H'·W', M), rows in F.unfold's patch order."""
+        return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+        """All patches as rows (B·H'·W', C·k·k); a reshape when the kernel covers the map."""
+        k = self.kernel_size
+        if x.shape[2] == k and x.shape[3] == k:
+            return x.reshape(x.shape[0], -1)
+        cols = F.unfold(x, k, stride=self.stride)  # (B, D, L)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+    def _hpca(self, x, pre, signal, w):
+        y = torch.relu(pre) if signal is None else signal
+        m = w.shape[0]
+        n = y.numel() // m
+        w2 = w.reshape(m, -1)
+        if rules.hpca_prefers_blocked(n, m, w2.shape[1]):
+            return rules.hpca_delta(self._patches(x), w2, y=self._patch_rows(y), form="blocked")
+        yx = conv2d_weight(x, w.shape, y, stride=self.stride).reshape(m, -1)
+        rows = self._patch_rows(y)
+        return rules.hpca_finish(yx, rows.T @ rows, w2, n)
+
+    def _competitive(self, x, pre, signal, w, soft):
+        m = w.shape[0]
+        if signal is not None:
+            r = signal
+        elif soft:
+            # pre = x·w/‖w‖, so cos = pre / ‖patch‖; patch norms by convolving x² with a ones kernel
+            ones = torch.ones(1, *w.shape[1:], dtype=x.dtype, device=x.device)
+            patch_norm = F.conv2d(x * x, ones, stride=self.stride).sqrt()
+            patch_norm = torch.where(patch_norm > 0, patch_norm, torch.ones_like(patch_norm))
+            r = rules.soft_competition(pre / patch_norm, self.temperature)
+        else:
+            # argmax of cosine = argmax of pre, the patch norm being common to all neurons
+            r = torch.zeros_like(pre).scatter_(1, pre.argmax(dim=1, keepdim=True), 1.0)
+        q = r * r if soft else r
+        qx = conv2d_weight(x, w.shape, q, stride=self.stride).reshape(m, -1)
+        return rules.weighted_mean_finish(qx, q.sum(dim=(0, 2, 3)), r.sum(dim=(0, 2, 3)), w.reshape(m, -1))

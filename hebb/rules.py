@@ -1,0 +1,254 @@
+"""Hebbian learning rules (DESIGN.md §2): fast matrix forms and their plain per-sample reference twins.
+
+Every rule maps a batch of inputs x (N, D) and weights w (M, D) to an update dw (M, D), without the learning
+rate. The fast forms use matrix products only, merge the batch aggregation into them and walk over N in
+chunks, so that no N x M x D tensor is ever built and memory stays bounded for N in the hundreds of thousands.
+
+The optional `y` argument is the supervised variant (seed 001 §3.3): the neuron outputs (HPCA) or the
+competition coefficients (soft-WTA, WTA) are replaced by a given teacher signal, see `teacher_signal`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hebb.errors import UserError
+
+CHUNK_ELEMENTS = 1 << 24  # largest (rows x max(M, D)) intermediate a fast rule builds: 64 MiB in float32
+MIN_BLOCK = 64  # smallest neuron block of the blocked HPCA form (fewer, larger matrix products)
+
+
+# ----------------------------------------------------------------------------- helpers shared with layers.py
+
+def hpca_block_size(n: int, m: int) -> int:
+    """Neuron block size of the blocked HPCA form for N rows and M neurons."""
+    return max(1, min(m, max(MIN_BLOCK, n)))
+
+
+def hpca_costs(n: int, m: int, d: int) -> tuple[int, int]:
+    """Multiply-adds of (reference form, blocked form) of HPCA, beyond computing Y itself."""
+    b = hpca_block_size(n, m)
+    reference = n * m * d + n * m * m + m * m * d  # YᵀX, YᵀY, tril(YᵀY)·W
+    blocked = 2 * n * m * d + n * m * b + m * b * d  # Y_kᵀE and E -= Y_k W_k, in-block YᵀY and tril·W
+    return reference, blocked
+
+
+def hpca_prefers_blocked(n: int, m: int, d: int) -> bool:
+    """Whether the blocked running-sum form of HPCA is cheaper than tril(YᵀY)·W for these sizes."""
+    reference, blocked = hpca_costs(n, m, d)
+    return blocked < reference
+
+
+def hpca_finish(yx: torch.Tensor, yy: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
+    """HPCA update from its moments: (YᵀX - tril(YᵀY) W) / N."""
+    return (yx - torch.tril(yy) @ w) / max(n, 1)
+
+
+def weighted_mean_finish(qx: torch.Tensor, q_sum: torch.Tensor, r_sum: torch.Tensor,
+                         w: torch.Tensor) -> torch.Tensor:
+    """(QᵀX - diag(colsum Q) W) / colsum R per neuron, 0 for neurons whose colsum R is 0 (they got nothing)."""
+    safe = torch.where(r_sum > 0, r_sum, torch.ones_like(r_sum))
+    dw = (qx - q_sum[:, None] * w) / safe[:, None]
+    return torch.where((r_sum > 0)[:, None], dw, torch.zeros_like(dw))
+
+
+def soft_competition(cos: torch.Tensor, temperature: float, dim: int = 1) -> torch.Tensor:
+    """Soft-WTA coefficients R = softmax(((1 + cos) / 2)² / T) across neurons."""
+    return torch.softmax(((1 + cos) / 2) ** 2 / temperature, dim=dim)
+
+
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each row, with 0 replaced by 1 (a zero vector has cosine 0 with everything)."""
+    nrm = x.norm(dim=1)
+    return torch.where(nrm > 0, nrm, torch.ones_like(nrm))
+
+
+def _check(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor | None = None) -> None:
+    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
+        raise UserError(f"Hebbian rule expects x (N, D) and w (M, D), got {tuple(x.shape)} and {tuple(w.shape)}")
+    if y is not None and tuple(y.shape) != (x.shape[0], w.shape[0]):
+        raise UserError(f"teacher signal must be (N, M) = {(x.shape[0], w.shape[0])}, got {tuple(y.shape)}")
+
+
+def _chunks(n: int, width: int, chunk_elements: int | None):
+    rows = max(1, (chunk_elements or CHUNK_ELEMENTS) // max(width, 1))
+    for start in range(0, n, rows):
+        yield slice(start, min(n, start + rows))
+
+
+# ----------------------------------------------------------------------------- fast rules
+
+def hpca_delta(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor | None = None, *,
+               form: str = "auto", chunk_elements: int | None = None) -> torch.Tensor:
+    """Hebbian PCA: dW = (1/N) [YᵀX - tril(YᵀY) W], Y = ReLU(X Wᵀ) (or the teacher signal y, (N, M)).
+
+    form: "auto" picks the cheaper of "reference" (tril(YᵀY)·W, costs M²·D) and "blocked" (running
+    reconstruction over neuron blocks, costs ~2·N·M·D; wins when N is small relative to M).
+    """
+    _check(x, w, y)
+    n, d = x.shape
+    m = w.shape[0]
+    if form == "auto":
+        form = "blocked" if hpca_prefers_blocked(n, m, d) else "reference"
+    if form not in ("reference", "blocked"):
+        raise UserError(f"unknown HPCA form {form!r} (expected auto, reference or blocked)")
+    if form == "blocked":
+        return _hpca_blocked(x, w, y, chunk_elements)
+    yx = torch.zeros_like(w)
+    yy = w.new_zeros(m, m)
+    for rows in _chunks(n, max(m, d), chunk_elements):
+        yc = torch.relu(x[rows] @ w.T) if y is None else y[rows].to(w.dtype)
+        yx.addmm_(yc.T, x[rows])
+        yy.addmm_(yc.T, yc)
+    return hpca_finish(yx, yy, w, n)
+
+
+def _hpca_blocked(x, w, y, chunk_elements):
+    # Neuron i is reconstructed by neurons 1..i. Walk the neurons in blocks of b, keeping the residual
+    # E = X - Σ_{earlier blocks} Y_j W_j: block k gets Y_kᵀE - tril(Y_kᵀY_k) W_k, then E -= Y_k W_k.
+    n, d = x.shape
+    m = w.shape[0]
+    b = hpca_block_size(n, m)
+    starts = range(0, m, b)
+    dw = torch.zeros_like(w)
+    gram = [w.new_zeros(min(b, m - s), min(b, m - s)) for s in starts]  # in-block YᵀY, summed over chunks
+    for rows in _chunks(n, max(m, d), chunk_elements):
+        yc = torch.relu(x[rows] @ w.T) if y is None else y[rows].to(w.dtype)
+        residual = x[rows].clone()
+        for k, s in enumerate(starts):
+            yk, wk = yc[:, s:s + b], w[s:s + b]
+            dw[s:s + b].addmm_(yk.T, residual)
+            gram[k].addmm_(yk.T, yk)
+            if s + b < m:
+                residual.addmm_(yk, wk, alpha=-1)
+    for k, s in enumerate(starts):
+        dw[s:s + b] -= torch.tril(gram[k]) @ w[s:s + b]
+    return dw / max(n, 1)
+
+
+def swta_delta(x: torch.Tensor, w: torch.Tensor, temperature: float = 0.02, y: torch.Tensor | None = None, *,
+               chunk_elements: int | None = None) -> torch.Tensor:
+    """Soft-WTA: R = softmax(((1+cos(x,w))/2)² / T); dW = Qᵀ X - diag(colsum Q) W, Q = R² / colsum(R).
+
+    y: optional teacher signal (N, M) that replaces R.
+    """
+    _check(x, w, y)
+    if y is None and not temperature > 0:
+        raise UserError(f"soft-WTA temperature must be positive, got {temperature}")
+    n, d = x.shape
+    m = w.shape[0]
+    w_unit = w / row_norms(w)[:, None]
+    qx = torch.zeros_like(w)
+    q_sum = w.new_zeros(m)
+    r_sum = w.new_zeros(m)
+    for rows in _chunks(n, max(m, d), chunk_elements):
+        xc = x[rows]
+        if y is None:
+            r = soft_competition((xc @ w_unit.T) / row_norms(xc)[:, None], temperature)
+        else:
+            r = y[rows].to(w.dtype)
+        q = r * r
+        qx.addmm_(q.T, xc)
+        q_sum += q.sum(0)
+        r_sum += r.sum(0)
+    return weighted_mean_finish(qx, q_sum, r_sum, w)
+
+
+def wta_delta(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor | None = None, *,
+              chunk_elements: int | None = None) -> torch.Tensor:
+    """Hard WTA: each row's winner (argmax cosine) moves toward the mean of the rows it won; others get 0.
+
+    y: optional teacher signal (N, M) replacing the 0/1 winner matrix (weighted mean of x_b - w_n).
+    """
+    _check(x, w, y)
+    n, d = x.shape
+    m = w.shape[0]
+    w_unit = w / row_norms(w)[:, None]
+    qx = torch.zeros_like(w)
+    counts = w.new_zeros(m)
+    for rows in _chunks(n, max(m, d), chunk_elements):
+        xc = x[rows]
+        if y is None:
+            # argmax of cosine = argmax of x·w/‖w‖, since ‖x‖ is the same for every neuron
+            winners = (xc @ w_unit.T).argmax(dim=1, keepdim=True)
+            yc = torch.zeros(xc.shape[0], m, dtype=w.dtype, device=w.device).scatter_(1, winners, 1.0)
+        else:
+            yc = y[rows].to(w.dtype)
+        qx.addmm_(yc.T, xc)
+        counts += yc.sum(0)
+    return weighted_mean_finish(qx, counts, counts, w)
+
+
+def teacher_signal(labels: torch.Tensor, num_neurons: int, num_classes: int,
+                   shared: int | None = None) -> torch.Tensor:
+    """0/1 teacher signal (N, num_neurons) of seed 001 §3.3 for integer class labels (N,).
+
+    The neurons are split into num_classes equal groups (class c owns the c-th group, in order) and a
+    shared group (the last neurons, on for every sample). shared=None: no shared group when there is one
+    neuron per class (an output layer), otherwise one group's worth plus the leftover neurons.
+    """
+    if num_classes < 1 or num_neurons < num_classes:
+        raise UserError(f"cannot split {num_neurons} neurons into {num_classes} class groups")
+    if shared is None:
+        shared = 0 if num_neurons == num_classes else num_neurons - num_classes * (num_neurons // (num_classes + 1))
+    if not 0 <= shared <= num_neurons - num_classes:
+        raise UserError(f"shared group of {shared} leaves too few of {num_neurons} neurons for {num_classes} classes")
+    group = (num_neurons - shared) // num_classes
+    labels = torch.as_tensor(labels).long()
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise UserError(f"labels must lie in 0..{num_classes - 1}")
+    neuron = torch.arange(num_neurons, device=labels.device)
+    owner = torch.where(neuron < group * num_classes, neuron // max(group, 1), -1)  # class of each neuron
+    signal = (owner[None, :] == labels[:, None]) | (neuron >= num_neurons - shared)[None, :]
+    return signal.float()
+
+
+# ----------------------------------------------------------------------------- reference twins (tests only)
+
+def hpca_delta_reference(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Per sample: Δw_i = y_i (x - Σ_{j≤i} y_j w_j), averaged over the rows. Slow; for tests."""
+    _check(x, w, y)
+    dw = torch.zeros_like(w)
+    for b in range(x.shape[0]):
+        yb = torch.relu(w @ x[b]) if y is None else y[b].to(w.dtype)
+        reconstruction = torch.cumsum(yb[:, None] * w, dim=0)  # row i: Σ_{j≤i} y_j w_j
+        dw += yb[:, None] * (x[b][None, :] - reconstruction)
+    return dw / max(x.shape[0], 1)
+
+
+def swta_delta_reference(x: torch.Tensor, w: torch.Tensor, temperature: float = 0.02,
+                         y: torch.Tensor | None = None) -> torch.Tensor:
+    """Per sample: Δw_n = Σ_b C_bn R_bn (x_b - w_n), C_bn = R_bn / Σ_b R_bn. Slow; for tests."""
+    _check(x, w, y)
+    n, m = x.shape[0], w.shape[0]
+    r = torch.empty(n, m, dtype=w.dtype, device=w.device)
+    for b in range(n):
+        if y is None:
+            cos = F.cosine_similarity(x[b][None, :], w, dim=1, eps=1e-30)
+            r[b] = torch.softmax(((1 + cos) / 2) ** 2 / temperature, dim=0)
+        else:
+            r[b] = y[b].to(w.dtype)
+    c = r / r.sum(0, keepdim=True)
+    dw = torch.zeros_like(w)
+    for b in range(n):
+        dw += (c[b] * r[b])[:, None] * (x[b][None, :] - w)
+    return torch.nan_to_num(dw, nan=0.0)
+
+
+def wta_delta_reference(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Per sample: the winner n (max cosine) collects x_b - w_n; each neuron averages what it collected."""
+    _check(x, w, y)
+    m = w.shape[0]
+    total = torch.zeros_like(w)
+    weight = w.new_zeros(m)
+    for b in range(x.shape[0]):
+        if y is None:
+            cos = F.cosine_similarity(x[b][None, :], w, dim=1, eps=1e-30)
+            yb = F.one_hot(cos.argmax(), m).to(w.dtype)
+        else:
+            yb = y[b].to(w.dtype)
+        total += yb[:, None] * (x[b][None, :] - w)
+        weight += yb
+    out = total / torch.where(weight > 0, weight, torch.ones_like(weight))[:, None]
+    return out
