@@ -1,0 +1,310 @@
+"""The networks of DESIGN.md §3: the CIFAR 6-layer net and its Hebbian / backprop / random-frozen variants.
+
+A network is a stack of feature layers (1..5 for "cifar6") and a classifier (dropout 0.5 + linear). Each
+feature layer is built from one letter of a *spec* string (layers 1..6, the last one the classifier):
+
+    H  Hebbian: `HebbConv2d` with the network's rule (learns in `pretrain`, and by backprop when fine-tuned)
+    G  gradient descent: a plain convolution + ReLU, trained by backprop only
+    R  random frozen: a plain convolution + ReLU whose parameters never change
+
+so the hybrid configurations of the 2019 paper's Table 2 ("HHGGGG", "RRGGGG", "GHGGGG", ...) are buildable.
+The classifier letter is G (or R for a frozen random read-out). A network may be *cut* after layer l: the
+layers above are dropped and a fresh dropout + linear classifier reads the flattened output of layer l.
+
+The network owns its input pre-processing as buffers (per-channel mean/std and, optionally, ZCA whitening of
+the whole image fitted on training images), so callers hand it float images in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hebb.errors import UserError
+
+HEBBIAN_RULES = ("hpca", "swta", "wta")
+#: Rule names accepted by `build_network`: the Hebbian ones, plus whole-network kinds for the baselines.
+RULES = HEBBIAN_RULES + ("sgd", "random", "vae")
+#: Rules whose networks whiten their input with ZCA by default (as in the reference code).
+ZCA_RULES = ("swta", "wta")
+
+# CIFAR-10 training-set statistics: the defaults until `fit_input` sees the real training images.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One feature layer: conv(kernel) -> ReLU -> [maxpool 2] -> BN or BN*."""
+
+    out_channels: int
+    kernel_size: int
+    pool: bool
+    bn_star: bool
+
+
+@dataclass(frozen=True)
+class ArchPlan:
+    input_size: int
+    in_channels: int
+    layers: tuple[LayerPlan, ...]
+
+
+#: Architecture registry: name -> plan. A second architecture (the 10-layer ImageNet net) slots in here.
+ARCHITECTURES: dict[str, ArchPlan] = {
+    "cifar6": ArchPlan(
+        input_size=32,
+        in_channels=3,
+        layers=(
+            LayerPlan(96, 5, pool=True, bn_star=False),    # 96x14x14
+            LayerPlan(128, 3, pool=False, bn_star=False),  # 128x12x12
+            LayerPlan(192, 3, pool=True, bn_star=True),    # 192x5x5
+            LayerPlan(256, 3, pool=False, bn_star=True),   # 256x3x3
+            LayerPlan(4096, 3, pool=False, bn_star=True),  # fully connected 2304 -> 4096 (kernel = whole map)
+        ),
+    ),
+}
+
+
+class BatchNormStar(nn.BatchNorm2d):
+    """BN*: batch norm whose output is rescaled per channel by sqrt(running_var_c / mean(running_var)).
+
+    Channels keep their relative variance (what the Hebbian layer above learns from) while staying
+    normalised on average. The scale is a detached function of the running statistics, as in the reference.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        var = self.running_var.detach()
+        scale = ((var + self.eps) / (var.mean() + self.eps)).sqrt()
+        return out * scale.view(1, -1, 1, 1)
+
+
+class FeatureLayer(nn.Module):
+    """One feature layer of the net: conv (Hebbian or plain) -> ReLU -> optional maxpool -> BN / BN*."""
+
+    def __init__(self, kind: str, in_channels: int, plan: LayerPlan, rule: str, temperature: float):
+        super().__init__()
+        self.kind = kind
+        if kind == "H":
+            from hebb.layers import HebbConv2d  # the ReLU lives inside the Hebbian layer
+
+            self.conv = HebbConv2d(in_channels, plan.out_channels, plan.kernel_size, rule=rule,
+                                   temperature=temperature)
+        else:
+            self.conv = nn.Conv2d(in_channels, plan.out_channels, plan.kernel_size, bias=False)
+        self.pool = plan.pool
+        self.bn = (BatchNormStar if plan.bn_star else nn.BatchNorm2d)(plan.out_channels)
+        if kind == "R":
+            self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.kind != "H":
+            x = F.relu(x)
+        if self.pool:
+            x = F.max_pool2d(x, 2)
+        return self.bn(x)
+
+
+def _parse_spec(arch: ArchPlan, rule: str, spec: str | None) -> str:
+    n = len(arch.layers) + 1
+    if spec is None:
+        spec = {"sgd": "G" * n, "vae": "G" * n, "random": "R" * (n - 1) + "G"}.get(rule, "H" * (n - 1) + "G")
+    spec = spec.upper()
+    if len(spec) != n or set(spec) - set("HGR"):
+        raise UserError(f"spec must be {n} letters from H, G, R (one per layer, classifier last), got '{spec}'")
+    if spec[-1] not in "GR":
+        raise UserError(f"spec '{spec}': the classifier (last letter) must be G or R; a Hebbian classifier is "
+                        f"not supported")
+    if "H" in spec and rule not in HEBBIAN_RULES:
+        raise UserError(f"spec '{spec}' has Hebbian layers but rule '{rule}' is not one of {HEBBIAN_RULES}")
+    return spec
+
+
+class HebbNet(nn.Module):
+    """A feature-layer stack plus classifier; see the module docstring. Build it with `build_network`."""
+
+    def __init__(self, arch: str = "cifar6", num_classes: int = 10, rule: str = "hpca", spec: str | None = None,
+                 cut_layer: int | None = None, zca: bool | None = None, temperature: float = 0.02):
+        super().__init__()
+        if arch not in ARCHITECTURES:
+            raise UserError(f"unknown architecture '{arch}' (known: {', '.join(ARCHITECTURES)})")
+        if rule not in RULES:
+            raise UserError(f"unknown rule '{rule}' (known: {', '.join(RULES)})")
+        plan = ARCHITECTURES[arch]
+        self.arch, self.rule, self.temperature = arch, rule, float(temperature)
+        self.spec = _parse_spec(plan, rule, spec)
+        self.num_classes = int(num_classes)
+        self.input_size = plan.input_size
+        self.use_zca = rule in ZCA_RULES if zca is None else bool(zca)
+        cut_layer = len(plan.layers) if cut_layer is None else int(cut_layer)
+        if not 1 <= cut_layer <= len(plan.layers):
+            raise UserError(f"layer must be in 1..{len(plan.layers)}, got {cut_layer}")
+        self.cut_layer = cut_layer
+
+        channels = plan.in_channels
+        self.layers = nn.ModuleList()
+        for kind, lp in zip(self.spec[:cut_layer], plan.layers[:cut_layer]):
+            self.layers.append(FeatureLayer(kind, channels, lp, rule, temperature))
+            channels = lp.out_channels
+        self.dropout = nn.Dropout(0.5)
+        self.classifier = nn.Linear(self._flat_dim(plan, cut_layer), self.num_classes)
+        if self.spec[-1] == "R":
+            self.classifier.requires_grad_(False)
+
+        d = plan.in_channels * plan.input_size ** 2
+        self.register_buffer("input_mean", torch.tensor(CIFAR_MEAN[: plan.in_channels]))
+        self.register_buffer("input_std", torch.tensor(CIFAR_STD[: plan.in_channels]))
+        # ZCA over the whole (normalised) image, as the reference did; identity until fitted.
+        self.register_buffer("zca_mean", torch.zeros(d if self.use_zca else 0))
+        self.register_buffer("zca_matrix", torch.eye(d) if self.use_zca else torch.zeros(0, 0))
+        self.register_buffer("input_fitted", torch.tensor(False))
+
+    @staticmethod
+    def _flat_dim(plan: ArchPlan, layer: int) -> int:
+        size, channels = plan.input_size, plan.in_channels
+        for lp in plan.layers[:layer]:
+            size = size - lp.kernel_size + 1
+            size = size // 2 if lp.pool else size
+            channels = lp.out_channels
+        return channels * size * size
+
+    # ------------------------------------------------------------------------------------------ info
+
+    @property
+    def num_feature_layers(self) -> int:
+        """Feature layers this net has (5 for the full CIFAR net, fewer once cut)."""
+        return len(self.layers)
+
+    def feature_shape(self, layer: int) -> tuple[int, ...]:
+        """Shape of one image's `features(x, layer)` output, without running the net."""
+        self._check_layer(layer)
+        plan = ARCHITECTURES[self.arch]
+        if layer == len(plan.layers):
+            return (plan.layers[-1].out_channels,)
+        size = plan.input_size
+        for lp in plan.layers[:layer]:
+            size = (size - lp.kernel_size + 1) // (2 if lp.pool else 1)
+        return (plan.layers[layer - 1].out_channels, size, size)
+
+    def config(self) -> dict:
+        """JSON-able constructor arguments: `HebbNet(**net.config())` rebuilds the same structure."""
+        return {"arch": self.arch, "num_classes": self.num_classes, "rule": self.rule, "spec": self.spec,
+                "cut_layer": self.cut_layer, "zca": self.use_zca, "temperature": self.temperature}
+
+    def first_layer_kernels(self) -> torch.Tensor:
+        """The learned layer-1 kernels, (96, 3, 5, 5) float32 on the CPU (for drawing)."""
+        return self.layers[0].conv.weight.detach().float().cpu().clone()
+
+    def hebbian_modules(self) -> list[tuple[int, nn.Module]]:
+        """(layer number, HebbConv2d) of every Hebbian layer, bottom up."""
+        return [(i + 1, layer.conv) for i, layer in enumerate(self.layers) if layer.kind == "H"]
+
+    def set_hebbian_learning(self, on: bool) -> None:
+        """Switch the local Hebbian updates of every Hebbian layer on or off (they act in training mode)."""
+        for _, conv in self.hebbian_modules():
+            conv.hebbian_learning = on
+
+    # ------------------------------------------------------------------------------------------ input
+
+    @torch.no_grad()
+    def fit_input(self, images: torch.Tensor, max_images: int = 10_000, zca_eps: float = 0.1,
+                  seed: int = 0) -> None:
+        """Fit the input normalisation (and ZCA whitening when used) on uint8 training images (N, 3, H, W).
+
+        At most `max_images` images, a seeded sample, are used; the work runs on the buffers' device.
+        """
+        device = self.input_mean.device
+        if len(images) == 0:
+            raise UserError("cannot fit the input normalisation on zero images")
+        if len(images) > max_images:
+            g = torch.Generator().manual_seed(seed)
+            images = images[torch.randperm(len(images), generator=g)[:max_images]]
+        x = images.to(device).float().div_(255.0)
+        self.input_mean.copy_(x.mean(dim=(0, 2, 3)))
+        self.input_std.copy_(x.std(dim=(0, 2, 3)).clamp_min(1e-6))
+        if self.use_zca:
+            x = ((x - self.input_mean.view(1, -1, 1, 1)) / self.input_std.view(1, -1, 1, 1)).flatten(1)
+            x = x.double()
+            mean = x.mean(0)
+            x -= mean
+            cov = x.T @ x / max(1, len(x) - 1)
+            evals, evecs = torch.linalg.eigh(cov)
+            w = evecs @ torch.diag((evals.clamp_min(0) + zca_eps).rsqrt()) @ evecs.T
+            self.zca_mean.copy_(mean.float())
+            self.zca_matrix.copy_(w.float())
+        self.input_fitted.fill_(True)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1] -> the normalised (and whitened) input of layer 1."""
+        x = (x - self.input_mean.view(1, -1, 1, 1)) / self.input_std.view(1, -1, 1, 1)
+        if self.use_zca:
+            shape = x.shape
+            x = ((x.flatten(1) - self.zca_mean) @ self.zca_matrix).view(shape)
+        return x
+
+    # ------------------------------------------------------------------------------------------ forward
+
+    def _check_layer(self, layer: int) -> None:
+        if not 1 <= layer <= self.num_feature_layers:
+            raise UserError(f"layer must be in 1..{self.num_feature_layers}, got {layer}")
+
+    def features(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """Activation after feature layer `layer` (1..num_feature_layers, after its BN; default: the last).
+
+        x: float (N, 3, 32, 32) in [0, 1]. Conv layers give (N, C, H, W); the fully connected layer 5 gives
+        (N, 4096).
+        """
+        layer = self.num_feature_layers if layer is None else layer
+        self._check_layer(layer)
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            raise UserError(f"the network takes {self.input_size}x{self.input_size} images, got "
+                            f"{tuple(x.shape[-2:])}")
+        x = self.preprocess(x)
+        for block in self.layers[:layer]:
+            x = block(x)
+        if layer == len(ARCHITECTURES[self.arch].layers):
+            x = x.flatten(1)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits of float images in [0, 1]."""
+        return self.classifier(self.dropout(self.features(x).flatten(1)))
+
+    # ------------------------------------------------------------------------------------------ cutting
+
+    def cut(self, layer: int, num_classes: int | None = None) -> "HebbNet":
+        """Drop the layers above `layer` and put a fresh dropout + linear classifier on it (in place).
+
+        Returns self. The new classifier is on the net's device; `cut_layer` records the cut.
+        """
+        self._check_layer(layer)
+        device = self.input_mean.device
+        plan = ARCHITECTURES[self.arch]
+        del self.layers[layer:]
+        self.cut_layer = layer
+        self.num_classes = int(num_classes or self.num_classes)
+        self.classifier = nn.Linear(self._flat_dim(plan, layer), self.num_classes).to(device)
+        if self.spec[-1] == "R":
+            self.classifier.requires_grad_(False)
+        return self
+
+
+def build_network(arch: str = "cifar6", num_classes: int = 10, rule: str = "hpca", spec: str | None = None,
+                  **options) -> HebbNet:
+    """Build a network of `arch` (see `ARCHITECTURES`).
+
+    rule: "hpca" | "swta" | "wta" (the rule of the H layers; default spec "HHHHHG"), "sgd" / "vae" (all G),
+    "random" (feature layers R, classifier G). spec: one letter per layer (H, G, R), classifier last.
+    options: cut_layer (1..5, default 5), zca (default: True for swta/wta), temperature (soft-WTA, 0.02).
+    """
+    return HebbNet(arch=arch, num_classes=num_classes, rule=rule, spec=spec, **options)
+
+
+def trainable_parameters(net: nn.Module) -> list[nn.Parameter]:
+    """Parameters that backprop may change (R layers excluded)."""
+    return [p for p in net.parameters() if p.requires_grad]
+
