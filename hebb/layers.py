@@ -114,7 +114,7 @@ class HebbConv2d(nn.Module):
         m = w.shape[0]
         n = y.numel() // m
         w2 = w.reshape(m, -1)
-        if rules.hpca_prefers_blocked(n, m, w2.shape[1]):
+        if rules.hpca_prefers_blocked(n, m, w2.shape[1], w.device.type):
             return rules.hpca_delta(self._patches(x), w2, y=self._patch_rows(y), form="blocked")
         yx = conv2d_weight(x, w.shape, y, stride=self.stride).reshape(m, -1)
         rows = self._patch_rows(y)

@@ -16,27 +16,29 @@ import torch.nn.functional as F
 from hebb.errors import UserError
 
 CHUNK_ELEMENTS = 1 << 24  # largest (rows x max(M, D)) intermediate a fast rule builds: 64 MiB in float32
-MIN_BLOCK = 64  # smallest neuron block of the blocked HPCA form (fewer, larger matrix products)
+# Smallest neuron block of the blocked HPCA form: larger blocks cost more arithmetic but fewer kernel launches,
+# which is what a GPU is short of (measured on CPU: 64 is best for N=64, M=4096, D=2304).
+MIN_BLOCK = {"cpu": 64, "cuda": 256}
 
 
 # ----------------------------------------------------------------------------- helpers shared with layers.py
 
-def hpca_block_size(n: int, m: int) -> int:
+def hpca_block_size(n: int, m: int, device_type: str = "cpu") -> int:
     """Neuron block size of the blocked HPCA form for N rows and M neurons."""
-    return max(1, min(m, max(MIN_BLOCK, n)))
+    return max(1, min(m, max(MIN_BLOCK.get(device_type, 64), n)))
 
 
-def hpca_costs(n: int, m: int, d: int) -> tuple[int, int]:
+def hpca_costs(n: int, m: int, d: int, device_type: str = "cpu") -> tuple[int, int]:
     """Multiply-adds of (reference form, blocked form) of HPCA, beyond computing Y itself."""
-    b = hpca_block_size(n, m)
+    b = hpca_block_size(n, m, device_type)
     reference = n * m * d + n * m * m + m * m * d  # YᵀX, YᵀY, tril(YᵀY)·W
     blocked = 2 * n * m * d + n * m * b + m * b * d  # Y_kᵀE and E -= Y_k W_k, in-block YᵀY and tril·W
     return reference, blocked
 
 
-def hpca_prefers_blocked(n: int, m: int, d: int) -> bool:
+def hpca_prefers_blocked(n: int, m: int, d: int, device_type: str = "cpu") -> bool:
     """Whether the blocked running-sum form of HPCA is cheaper than tril(YᵀY)·W for these sizes."""
-    reference, blocked = hpca_costs(n, m, d)
+    reference, blocked = hpca_costs(n, m, d, device_type)
     return blocked < reference
 
 
@@ -80,21 +82,23 @@ def _chunks(n: int, width: int, chunk_elements: int | None):
 # ----------------------------------------------------------------------------- fast rules
 
 def hpca_delta(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor | None = None, *,
-               form: str = "auto", chunk_elements: int | None = None) -> torch.Tensor:
+               form: str = "auto", block_size: int | None = None,
+               chunk_elements: int | None = None) -> torch.Tensor:
     """Hebbian PCA: dW = (1/N) [YᵀX - tril(YᵀY) W], Y = ReLU(X Wᵀ) (or the teacher signal y, (N, M)).
 
     form: "auto" picks the cheaper of "reference" (tril(YᵀY)·W, costs M²·D) and "blocked" (running
     reconstruction over neuron blocks, costs ~2·N·M·D; wins when N is small relative to M).
+    block_size: neurons per block of the blocked form (default `hpca_block_size(N, M)`).
     """
     _check(x, w, y)
     n, d = x.shape
     m = w.shape[0]
     if form == "auto":
-        form = "blocked" if hpca_prefers_blocked(n, m, d) else "reference"
+        form = "blocked" if hpca_prefers_blocked(n, m, d, w.device.type) else "reference"
     if form not in ("reference", "blocked"):
         raise UserError(f"unknown HPCA form {form!r} (expected auto, reference or blocked)")
     if form == "blocked":
-        return _hpca_blocked(x, w, y, chunk_elements)
+        return _hpca_blocked(x, w, y, block_size or hpca_block_size(n, m, w.device.type), chunk_elements)
     yx = torch.zeros_like(w)
     yy = w.new_zeros(m, m)
     for rows in _chunks(n, max(m, d), chunk_elements):
@@ -104,12 +108,11 @@ def hpca_delta(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor | None = None, 
     return hpca_finish(yx, yy, w, n)
 
 
-def _hpca_blocked(x, w, y, chunk_elements):
+def _hpca_blocked(x, w, y, b, chunk_elements):
     # Neuron i is reconstructed by neurons 1..i. Walk the neurons in blocks of b, keeping the residual
     # E = X - Σ_{earlier blocks} Y_j W_j: block k gets Y_kᵀE - tril(Y_kᵀY_k) W_k, then E -= Y_k W_k.
     n, d = x.shape
     m = w.shape[0]
-    b = hpca_block_size(n, m)
     starts = range(0, m, b)
     dw = torch.zeros_like(w)
     gram = [w.new_zeros(min(b, m - s), min(b, m - s)) for s in starts]  # in-block YᵀY, summed over chunks
