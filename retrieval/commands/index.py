@@ -1,0 +1,139 @@
+"""`hebbir index build|add|info`: build index directories, add images to them, describe them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from retrieval.commands.common import add_data_dir, add_device, positive_int
+
+POOLING_CHOICES = ["auto", "flatten", "avg", "max", "avgmax", "grid"]
+PROJECTION_CHOICES = ["auto", "none", "pca", "pcaw"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="build, extend and describe image indexes",
+                       description="Build, extend and describe image indexes (FAISS + item table + manifest).")
+    isub = p.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+
+    b = isub.add_parser(
+        "build", help="index a folder or dataset with a model's features",
+        description="Index the images of a folder (CLASS/*.jpg gives labels; flat files get none) or of a "
+                    "dataset split in the data directory (cifar10:train, cifar10:test, ...) with the features "
+                    "of one layer of a checkpoint. Unreadable files are skipped and listed in the manifest; "
+                    "files with the same bytes are indexed once. An interrupted build resumes when rerun.",
+        epilog="example: hebbir index build --model checkpoints/hpca-ft10.pt --layer 5 --images cifar10:train "
+               "--out index_data/cifar10")
+    b.add_argument("--model", required=True, type=Path, help="checkpoint (.pt) from hebbir pretrain/finetune")
+    b.add_argument("--images", required=True, help="image folder, or dataset NAME[:train|val|test]")
+    b.add_argument("--out", required=True, type=Path, help="index directory to create (e.g. index_data/NAME)")
+    b.add_argument("--layer", type=int, default=None,
+                   help="feature layer 1..5 (default: the top layer of a fine-tuned model, else 3)")
+    b.add_argument("--pooling", default="auto", choices=POOLING_CHOICES,
+                   help="spatial pooling of the activation (default: auto = the measured best for the layer)")
+    b.add_argument("--projection", default="auto", choices=PROJECTION_CHOICES,
+                   help="pca, pca + whitening (pcaw) or none (default: auto = per layer)")
+    b.add_argument("--dim", type=positive_int, default=None, help="PCA output size (default: per layer, 256)")
+    b.add_argument("--factory", default="Flat",
+                   help="faiss index_factory string, e.g. IVF1024,Flat or HNSW32 (default: Flat = exact)")
+    b.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
+    b.add_argument("--force", action="store_true", help="replace an existing index at --out")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device(b)
+    add_data_dir(b)
+    b.set_defaults(func=_build)
+
+    a = isub.add_parser("add", help="add new images to an index",
+                        description="Add the images of a folder or dataset to an index, with the index's own "
+                                    "model and projection. Files whose bytes are already indexed are not added "
+                                    "again.")
+    a.add_argument("--index", required=True, type=Path, help="index directory")
+    a.add_argument("--images", required=True, help="image folder, or dataset NAME[:train|val|test]")
+    a.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_device(a)
+    add_data_dir(a)
+    a.set_defaults(func=_add)
+
+    i = isub.add_parser("info", help="describe an index", description="Describe an index directory.")
+    i.add_argument("--index", required=True, type=Path, help="index directory")
+    i.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    i.set_defaults(func=_info)
+
+
+def _interrupted(what: str) -> int:
+    print(f"hebbir: interrupted; the previous index (if any) is untouched; rerun the same command to resume "
+          f"the {what}", file=sys.stderr)
+    return 130
+
+
+def _print_problems(skipped: list[dict], duplicates: list[dict], limit: int = 5) -> None:
+    if skipped:
+        print(f"skipped {len(skipped)} file(s):")
+        for s in skipped[:limit]:
+            print(f"  {s['path']}: {s['reason']}")
+        if len(skipped) > limit:
+            print(f"  ... (all listed in manifest.json)")
+    if duplicates:
+        print(f"{len(duplicates)} duplicate file(s) (same bytes as an indexed one) not indexed again")
+
+
+def _build(args: argparse.Namespace) -> int:
+    from retrieval.index import build_index
+
+    try:
+        m = build_index(args.model, args.images, args.out, layer=args.layer, pooling=args.pooling,
+                        projection=args.projection, dim=args.dim, factory=args.factory, device=args.device,
+                        batch_size=args.batch_size, progress=not args.quiet, data_dir=args.data_dir,
+                        force=args.force)
+    except KeyboardInterrupt:
+        return _interrupted("build")
+    _print_problems(m["skipped"], m["duplicates"])
+    rate = f", {m['images_per_s']:,.0f} images/s" if m.get("images_per_s") else ""
+    print(f"indexed {m['item_count']:,} images into {args.out} ({m['description']}, {m['factory']}) "
+          f"in {m['build_time_s']:.1f} s{rate} on {m['device']}")
+    return 0
+
+
+def _add(args: argparse.Namespace) -> int:
+    from retrieval.index import add_to_index
+
+    try:
+        r = add_to_index(args.index, args.images, device=args.device, progress=not args.quiet,
+                         data_dir=args.data_dir, batch_size=args.batch_size)
+    except KeyboardInterrupt:
+        return _interrupted("addition")
+    _print_problems(r["skipped"], r["duplicates"])
+    rate = f" ({r['images_per_s']:,.0f} images/s)" if r.get("images_per_s") and r["added"] else ""
+    print(f"added {r['added']:,} images to {args.index}{rate}; it now holds {r['manifest']['item_count']:,}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from retrieval.index import read_manifest
+
+    m = read_manifest(args.index)
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    meta = m.get("model_meta", {})
+    lines = [
+        f"index      {args.index}",
+        f"items      {m['item_count']:,} from {m['source']}",
+        f"features   {m['description']}",
+        f"search     {m['factory']}, {m['metric']} on L2-normalised vectors (cosine), faiss "
+        f"{m.get('faiss_version') or 'not used'}",
+        f"model      {m['architecture']} {meta.get('stage') or ''} sha256 {m['model_checksum'][:12]} "
+        f"(copy: {m['model_file']}; from {m['model_source']})",
+        f"built      {m['created']} in {m['build_time_s']:.1f} s on {m['device']}"
+        + (f", {m['images_per_s']:,.0f} images/s" if m.get("images_per_s") else ""),
+    ]
+    if m.get("updated"):
+        lines.append(f"updated    {m['updated']} ({len(m.get('additions', []))} addition(s))")
+    lines.append(f"skipped    {len(m['skipped'])} file(s); duplicates {len(m['duplicates'])}")
+    print("\n".join(lines))
+    for s in m["skipped"][:5]:
+        print(f"  {s['path']}: {s['reason']}")
+    return 0

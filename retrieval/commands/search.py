@@ -1,0 +1,54 @@
+"""`hebbir search`: the nearest indexed images of query images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from retrieval.commands.common import add_device, positive_int
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "search", help="find the indexed images nearest to query images",
+        description="Find the k indexed images nearest to each query image (cosine similarity of the index's "
+                    "features). Prints a table per query, or with --json a JSON list with one entry per query, in "
+                    "argument order: the list of its hits {rank, id, path, label, score}.",
+        epilog="example: hebbir search --index index_data/quickstart --k 5 my_cat.jpg")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="query image file(s)")
+    p.add_argument("--index", required=True, type=Path, help="index directory")
+    p.add_argument("--k", type=positive_int, default=10, help="results per query (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--nprobe", type=positive_int, default=None, help="IVF lists to visit (IVF indexes only)")
+    p.add_argument("--ef-search", type=positive_int, default=None, help="HNSW search breadth (HNSW only)")
+    p.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch"],
+                   help="search engine: faiss, or exact torch (default: faiss when installed)")
+    add_device(p)
+    p.set_defaults(func=_search)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from retrieval.search import open_index
+
+    handle = open_index(args.index, device=args.device, backend=args.backend)
+    with handle:
+        handle.set_search_params(nprobe=args.nprobe, ef_search=args.ef_search)
+        t0 = time.perf_counter()
+        results = handle.search_images([str(p) for p in args.images], k=args.k)
+        seconds = time.perf_counter() - t0
+    rate = len(args.images) / seconds if seconds > 0 else float("inf")
+    if args.json:
+        print(json.dumps([[h.to_dict() for h in hits] for hits in results], indent=1))
+        print(f"{len(args.images)} queries in {seconds:.3f} s ({rate:,.1f} queries/s, {handle.backend.name})",
+              file=sys.stderr)
+        return 0
+    for query, hits in zip(args.images, results):
+        print(f"{query}")
+        for h in hits:
+            print(f"  {h.rank:>3}  {h.score:6.3f}  {h.label or '-':<12} {h.path}")
+    print(f"{len(args.images)} queries in {seconds:.3f} s ({rate:,.1f} queries/s, {handle.backend.name}, "
+          f"{len(handle):,} items)")
+    return 0
