@@ -1,0 +1,244 @@
+"""Supervised reading of the features: end-to-end fine-tuning, a frozen-feature linear probe, accuracy.
+
+Fine-tuning (DESIGN.md §3, the reference recipe as default): the net cut after layer l gets dropout 0.5 + a
+linear classifier and trains end to end on the labelled images with SGD (Nesterov momentum 0.9), lr 1e-3 for
+the first half of the epochs then halved every epoch, L2 5e-2 (10 classes) or 1e-2 (more), cross-entropy,
+and early stopping: the weights of the epoch with the best validation accuracy are kept. Optional GPU-side
+augmentation (random translation with reflect padding + horizontal flip, airbench-style) runs on whole
+batches on the device.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from hebb.data import ArraySet, to_float
+from hebb.errors import UserError
+from hebb.network import HebbNet, trainable_parameters
+
+
+def default_weight_decay(num_classes: int) -> float:
+    """The reference L2 penalty: 5e-2 for CIFAR-10-sized problems, 1e-2 for CIFAR-100."""
+    return 5e-2 if num_classes <= 10 else 1e-2
+
+
+def reference_lr(epoch: int, epochs: int, lr: float) -> float:
+    """lr for 0-based `epoch`: constant for the first half (10 of 20), then halved every epoch."""
+    decay_start = math.ceil(epochs / 2)
+    return lr * 0.5 ** max(0, epoch - decay_start + 1)
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Random translation by up to `pad` pixels (reflect padding) and horizontal flip, per image, on x's device."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=generator, device=x.device) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+    if pad <= 0:
+        return x
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=x.device)
+    rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1).expand(-1, x.shape[1], -1,
+                                                                                       padded.shape[3])
+    out = padded.gather(2, rows)
+    cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w).expand(-1, x.shape[1], h, -1)
+    return out.gather(3, cols)
+
+
+@torch.no_grad()
+def predict_logits(net: nn.Module, images: torch.Tensor, device: torch.device | str = "cpu",
+                   batch_size: int = 500) -> torch.Tensor:
+    """Logits of uint8 images, in eval mode, on `device`."""
+    was_training = net.training
+    net.eval()
+    try:
+        out = [net(to_float(images[i:i + batch_size], device)) for i in range(0, len(images), batch_size)]
+    finally:
+        net.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, getattr(net, "num_classes", 1), device=device)
+
+
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, topk=(1, 5)) -> dict[str, torch.Tensor]:
+    """Per-k count of rows whose label is among the k best logits (device tensors, no host sync)."""
+    labels = labels.to(logits.device)
+    kmax = min(max(topk), logits.shape[1])
+    best = logits.topk(kmax, dim=1).indices
+    hits = best == labels.view(-1, 1)
+    return {f"top{k}": hits[:, :min(k, kmax)].any(dim=1).sum() for k in topk}
+
+
+def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device | str = "cpu",
+             topk=(1, 5), batch_size: int = 500) -> dict[str, float]:
+    """Top-k accuracy of `net` on uint8 images: {"top1": fraction, "top5": fraction} (eval mode)."""
+    if len(images) == 0:
+        raise UserError("accuracy needs at least one image")
+    correct = topk_correct(predict_logits(net, images, device, batch_size), labels, topk)
+    return {k: v.item() / len(images) for k, v in correct.items()}
+
+
+def _check_sets(train: ArraySet, val: ArraySet | None) -> int:
+    if len(train) < 2:
+        raise UserError(f"fine-tuning needs at least 2 labelled images, got {len(train)}")
+    if val is not None and list(val.classes) != list(train.classes):
+        raise UserError("training and validation sets have different classes")
+    return len(train.classes)
+
+
+def _sgd(params, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
+
+
+def finetune(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int = 5, epochs: int = 20,
+             batch_size: int = 64, lr: float = 1e-3, weight_decay: float | None = None, momentum: float = 0.9,
+             augment: bool = False, device: torch.device | str = "cpu", seed: int = 0,
+             progress: bool = True) -> tuple[HebbNet, dict]:
+    """Fine-tune `net` cut after `layer` end to end on the labelled `train` set; early stopping on `val`.
+
+    If the net is not yet cut at `layer` for this many classes, it is cut (a fresh classifier). R layers
+    stay frozen. weight_decay None = `default_weight_decay`. Returns (net with the best epoch's weights, in
+    eval mode, stats): val_acc (best top-1 fraction, None without val), best_epoch, epochs, time_s,
+    epoch_times_s, images_per_s, history (per epoch: epoch, lr, train_loss, train_acc, val_acc).
+    """
+    device = torch.device(device)
+    num_classes = _check_sets(train, val)
+    if epochs < 1 or batch_size < 2 or not lr > 0:
+        raise UserError(f"need epochs >= 1, batch size >= 2 and lr > 0 (got {epochs}, {batch_size}, {lr})")
+    if layer > net.num_feature_layers:
+        raise UserError(f"this network was cut after layer {net.num_feature_layers}; cannot fine-tune at "
+                        f"layer {layer}")
+    if net.cut_layer != layer or net.num_classes != num_classes or net.classifier.out_features != num_classes:
+        net.cut(layer, num_classes)
+    weight_decay = default_weight_decay(num_classes) if weight_decay is None else weight_decay
+    torch.manual_seed(seed)  # dropout
+    net.to(device)
+    net.set_hebbian_learning(False)
+    params = trainable_parameters(net)
+    if not params:
+        raise UserError(f"network spec '{net.spec}' has nothing to train")
+    optimizer = _sgd(params, lr, weight_decay, momentum)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    images, labels = train.images.to(device), train.labels.to(device)
+    history, epoch_times = [], []
+    best_acc, best_epoch, best_state = -1.0, 0, None
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = reference_lr(epoch, epochs, lr)
+        t0 = time.perf_counter()
+        net.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        order = torch.randperm(len(images), generator=generator, device=device)
+        bar = tqdm(total=len(images), desc=f"finetune epoch {epoch + 1}/{epochs}", unit="img",
+                   disable=not progress, leave=False)
+        for start in range(0, len(images), batch_size):
+            idx = order[start:start + batch_size]
+            if len(idx) < 2:
+                continue
+            x = to_float(images[idx], device)
+            if augment:
+                x = augment_batch(x, generator)
+            logits = net(x)
+            loss = F.cross_entropy(logits, labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == labels[idx]).sum()
+            seen += len(idx)
+            bar.update(len(idx))
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_times.append(round(time.perf_counter() - t0, 3))
+        val_acc = accuracy(net, val.images, val.labels, device, topk=(1,))["top1"] if val is not None and len(val) \
+            else None
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                  "train_loss": round(loss_sum.item() / max(seen, 1), 5),
+                  "train_acc": round(correct.item() / max(seen, 1), 5), "val_acc": val_acc}
+        history.append(record)
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.4f}, train acc "
+                       f"{record['train_acc']:.2%}" + ("" if val_acc is None else f", val acc {val_acc:.2%}"))
+        score = val_acc if val_acc is not None else float(epoch)  # no validation: keep the last epoch
+        if score > best_acc:
+            best_acc, best_epoch = score, epoch + 1
+            best_state = copy.deepcopy(net.state_dict())
+    net.load_state_dict(best_state)
+    net.eval()
+    train_time = sum(epoch_times) or 1e-9
+    stats = {"val_acc": best_acc if val is not None and len(val) else None, "best_epoch": best_epoch,
+             "epochs": epochs, "time_s": round(time.perf_counter() - started, 3), "epoch_times_s": epoch_times,
+             "images_per_s": round(len(images) * epochs / train_time, 1), "images": len(images),
+             "layer": layer, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
+             "augment": augment, "history": history}
+    return net, stats
+
+
+@torch.no_grad()
+def extract_features(net: HebbNet, images: torch.Tensor, layer: int, device: torch.device | str = "cpu",
+                     batch_size: int = 500, progress: bool = False) -> torch.Tensor:
+    """Flattened `features(x, layer)` of uint8 images in eval mode, as one (N, d) tensor on `device`."""
+    was_training = net.training
+    net.eval()
+    out = []
+    try:
+        for i in tqdm(range(0, len(images), batch_size), desc=f"features layer {layer}", disable=not progress,
+                      leave=False):
+            out.append(net.features(to_float(images[i:i + batch_size], device), layer).flatten(1))
+    finally:
+        net.train(was_training)
+    return torch.cat(out)
+
+
+def linear_probe(net: HebbNet, layer: int, train: ArraySet, val: ArraySet | None, epochs: int = 20,
+                 batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 5e-4, momentum: float = 0.9,
+                 device: torch.device | str = "cpu", seed: int = 0, progress: bool = True) -> dict:
+    """Train dropout 0.5 + linear classifier on frozen `features(x, layer)`; the net is not changed.
+
+    Same optimiser and schedule as `finetune` (L2 5e-4 by default, as the reference's probes), best epoch
+    on `val`. Returns val_acc (best top-1 fraction), best_epoch, epochs, time_s, feature_dim, history.
+    """
+    device = torch.device(device)
+    num_classes = _check_sets(train, val)
+    net.to(device)
+    started = time.perf_counter()
+    feats = extract_features(net, train.images, layer, device, progress=progress)
+    val_feats = extract_features(net, val.images, layer, device) if val is not None and len(val) else None
+    labels = train.labels.to(device)
+    torch.manual_seed(seed)
+    head = nn.Sequential(nn.Dropout(0.5), nn.Linear(feats.shape[1], num_classes)).to(device)
+    optimizer = _sgd(head.parameters(), lr, weight_decay, momentum)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    best_acc, best_epoch, history = -1.0, 0, []
+    for epoch in range(epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = reference_lr(epoch, epochs, lr)
+        head.train()
+        order = torch.randperm(len(feats), generator=generator, device=device)
+        for start in range(0, len(feats), batch_size):
+            idx = order[start:start + batch_size]
+            loss = F.cross_entropy(head(feats[idx]), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if val_feats is None:
+            best_epoch = epoch + 1
+            continue
+        head.eval()
+        with torch.no_grad():
+            acc = topk_correct(head(val_feats), val.labels, (1,))["top1"].item() / len(val)
+        history.append({"epoch": epoch + 1, "val_acc": acc})
+        if acc > best_acc:
+            best_acc, best_epoch = acc, epoch + 1
+    return {"val_acc": best_acc if val_feats is not None else None, "best_epoch": best_epoch, "epochs": epochs,
+            "time_s": round(time.perf_counter() - started, 3), "feature_dim": feats.shape[1], "layer": layer,
+            "history": history}

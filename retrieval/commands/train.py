@@ -1,0 +1,182 @@
+"""`hebbir pretrain` and `hebbir finetune`: train networks and save them as checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from retrieval.commands.common import add_data_dir, add_device, add_seed, positive_int, resolve_device
+
+PRETRAIN_RULES = ("hpca", "swta", "wta", "vae")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain", help="unsupervised pre-training (Hebbian rules or the VAE baseline)",
+        description="Pre-train a network on all images of the training split, without labels. Hebbian rules: "
+                    "hpca (Hebbian PCA), swta (soft winner-takes-all), wta (hard winner-takes-all); all Hebbian "
+                    "layers learn in the same forward pass (plain SGD on the Hebbian update). vae: the trunk "
+                    "is trained as a VAE encoder (baseline). The checkpoint is rewritten after every epoch, so "
+                    "an interrupted run keeps its last finished epoch.",
+        epilog="example: hebbir pretrain --dataset cifar10 --rule hpca --epochs 5 --out models/hpca.pt")
+    p.add_argument("--dataset", default="cifar10", help="dataset in the data directory (default: cifar10)")
+    p.add_argument("--rule", required=True, help=f"learning rule: {' | '.join(PRETRAIN_RULES)}")
+    p.add_argument("--spec", default=None,
+                   help="layer kinds, one letter per layer 1..6: H Hebbian, G backprop, R random frozen "
+                        "(default HHHHHG; GGGGGG for vae)")
+    p.add_argument("--epochs", type=positive_int, default=5, help="passes over the images (default: 5)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="use only N images of the training split (a seeded random sample), for quick runs")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per update (default: 64)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3, the reference's)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the training/validation split (default: 0)")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    add_data_dir(p)
+    add_device(p)
+    add_seed(p)
+    p.set_defaults(func=_pretrain)
+
+    f = sub.add_parser(
+        "finetune", help="supervised fine-tuning on a label regime (or an SGD / random baseline)",
+        description="Cut a network after --layer, put dropout + a linear classifier on it and train it end to "
+                    "end on the labelled images of the regime (percent of the training split, stratified, "
+                    "seeded), keeping the epoch with the best validation accuracy. The default recipe is the "
+                    "reference's: SGD with Nesterov momentum 0.9, lr 1e-3 for half the epochs then halved every "
+                    "epoch, L2 5e-2 (1e-2 for more than 10 classes). Reports test accuracy at the end.",
+        epilog="example: hebbir finetune --init models/hpca.pt --regime 10 --layer 5 --out models/hpca-r10.pt")
+    start = f.add_mutually_exclusive_group(required=True)
+    start.add_argument("--init", type=Path, help="checkpoint to start from (from hebbir pretrain)")
+    start.add_argument("--from-scratch", action="store_true", help="baseline: a fresh network trained by SGD only")
+    start.add_argument("--from-random", action="store_true",
+                       help="baseline: random frozen layers, only the classifier learns")
+    f.add_argument("--dataset", default="cifar10", help="dataset in the data directory (default: cifar10)")
+    f.add_argument("--regime", type=float, default=10.0,
+                   help="percent of the training split that carries labels, in (0, 100] (default: 10)")
+    f.add_argument("--layer", type=int, default=5, help="cut the network after this layer, 1..5 (default: 5)")
+    f.add_argument("--epochs", type=positive_int, default=20, help="epochs (default: 20)")
+    f.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default: 64)")
+    f.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (default: 1e-3)")
+    f.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 penalty (default: 5e-2 for 10 classes, 1e-2 for more)")
+    f.add_argument("--augment", action="store_true", help="random translations and flips of the training images")
+    f.add_argument("--limit", type=positive_int, default=None,
+                   help="cap the labelled, validation and test images at N each (seeded samples), for quick runs")
+    f.add_argument("--split-seed", type=int, default=0, help="seed of the training/validation split (default: 0)")
+    f.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    add_data_dir(f)
+    add_device(f)
+    add_seed(f)
+    f.set_defaults(func=_finetune)
+
+
+def _sample(arrays, limit: int | None, seed: int):
+    """A seeded random subset of at most `limit` items (CIFAR splits are ordered by class: never slice)."""
+    import torch
+
+    if limit is None or limit >= len(arrays):
+        return arrays
+    g = torch.Generator().manual_seed(seed)
+    return arrays.subset(torch.randperm(len(arrays), generator=g)[:limit].sort().values)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    import torch
+
+    from hebb.baselines import vae_pretrain
+    from hebb.checkpoint import save_checkpoint
+    from hebb.data import load_splits
+    from hebb.errors import UserError
+    from hebb.network import build_network
+    from hebb.pretrain import pretrain
+
+    rule = args.rule.lower()
+    if rule not in PRETRAIN_RULES:
+        raise UserError(f"unknown rule '{args.rule}' (choose one of: {', '.join(PRETRAIN_RULES)})")
+    if not args.lr > 0:
+        raise UserError(f"--lr must be positive, got {args.lr}")
+    device = resolve_device(args.device)
+    splits = load_splits(args.dataset, args.data_dir, split_seed=args.split_seed)
+    train = _sample(splits["train"], args.limit, args.seed)
+    torch.manual_seed(args.seed)
+    net = build_network(num_classes=len(train.classes), rule=rule, spec=args.spec)
+    settings = {"rule": rule, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+                "seed": args.seed, "limit": args.limit, "device": str(device)}
+
+    def save(epoch: int, net, stats: dict) -> None:
+        save_checkpoint(args.out, net, {
+            "stage": "pretrain", "dataset": args.dataset, "split_seed": args.split_seed,
+            "classes": list(train.classes), "training": settings, "epochs_done": epoch,
+            "timings": {k: stats[k] for k in ("time_s", "epoch_times_s", "images_per_s")}})
+
+    if rule == "vae":
+        stats = vae_pretrain(net, train.images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             device=device, seed=args.seed, on_epoch_end=save)
+    else:
+        stats = pretrain(net, train.images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         device=device, seed=args.seed, on_epoch_end=save)
+    print(f"pretrained {rule} ({net.spec}) on {len(train)} images: {stats['epochs']} epochs in "
+          f"{stats['time_s']:.1f} s ({stats['images_per_s']:.0f} images/s on {device}); saved {args.out}")
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    import torch
+
+    from hebb.baselines import random_frozen, train_from_scratch
+    from hebb.checkpoint import file_checksum, load_checkpoint, save_checkpoint
+    from hebb.data import load_splits, regime_indices
+    from hebb.errors import UserError
+    from hebb.finetune import accuracy, finetune
+
+    if not 0 < args.regime <= 100:
+        raise UserError(f"--regime must be a percentage in (0, 100], got {args.regime:g}")
+    if not 1 <= args.layer <= 5:
+        raise UserError(f"--layer must be in 1..5, got {args.layer}")
+    if not args.lr > 0:
+        raise UserError(f"--lr must be positive, got {args.lr}")
+    device = resolve_device(args.device)
+    init_meta = None
+    if args.init is not None:
+        net, init_meta = load_checkpoint(args.init, device)  # fail fast, before decoding the dataset
+    splits = load_splits(args.dataset, args.data_dir, split_seed=args.split_seed)
+    classes = list(splits["train"].classes)
+    if init_meta is not None and init_meta.get("classes") and init_meta["classes"] != classes \
+            and init_meta.get("stage") == "finetune":
+        raise UserError(f"{args.init} was fine-tuned on other classes than {args.dataset}'s")
+    labelled = splits["train"].subset(regime_indices(splits["train"].labels, args.regime, args.seed))
+    labelled = _sample(labelled, args.limit, args.seed)
+    val = _sample(splits["val"], args.limit, args.seed)
+    test = _sample(splits["test"], args.limit, args.seed)
+    options = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                   augment=args.augment)
+    if args.from_scratch:
+        method = "sgd"
+        net, stats = train_from_scratch(labelled, val, layer=args.layer, device=device, seed=args.seed,
+                                        unlabelled=splits["train"].images, **options)
+    elif args.from_random:
+        method = "random"
+        net, stats = random_frozen(labelled, val, layer=args.layer, device=device, seed=args.seed,
+                                   unlabelled=splits["train"].images, **options)
+    else:
+        method = init_meta.get("network", {}).get("rule", "?")
+        if args.layer > net.num_feature_layers:
+            raise UserError(f"{args.init} was cut after layer {net.num_feature_layers}; --layer must be at most "
+                            f"that")
+        net, stats = finetune(net, labelled, val, layer=args.layer, device=device, seed=args.seed, **options)
+    test_acc = accuracy(net, test.images, test.labels, device) if len(test) else {}
+    save_checkpoint(args.out, net, {
+        "stage": "finetune", "method": method, "dataset": args.dataset, "split_seed": args.split_seed,
+        "classes": classes, "regime": args.regime, "layer": args.layer,
+        "init": None if args.init is None else {"path": str(args.init), "sha256": file_checksum(args.init),
+                                                "meta": init_meta},
+        "training": {**options, "seed": args.seed, "limit": args.limit, "device": str(device),
+                     "weight_decay": stats["weight_decay"]},
+        "timings": {k: stats[k] for k in ("time_s", "epoch_times_s", "images_per_s")},
+        "metrics": {"val_acc": stats["val_acc"], "best_epoch": stats["best_epoch"],
+                    **{f"test_{k}": v for k, v in test_acc.items()}},
+        "history": stats["history"]})
+    test_text = f", test acc {test_acc['top1']:.2%}" if test_acc else ""
+    print(f"fine-tuned {method} layer {args.layer} on {len(labelled)} labelled images ({args.regime:g}% regime): "
+          f"{stats['epochs']} epochs in {stats['time_s']:.1f} s ({stats['images_per_s']:.0f} images/s on {device}); "
+          f"best val acc {stats['val_acc']:.2%} (epoch {stats['best_epoch']}){test_text}; saved {args.out}")
+    return 0
