@@ -1,0 +1,221 @@
+"""hebbir's page: search an index by uploaded images, browse the evaluation reports, inspect the index.
+
+Start it with `hebbir app` (or `streamlit run app.py`). The model and index are opened once per process
+(`st.cache_resource`) and only read afterwards; everything a visitor does (uploads, the result being searched
+with) lives in that visitor's `st.session_state`, so several people never see each other's queries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from hebb.errors import UserError
+from hebb.images import load_image
+from retrieval import appkit
+
+PINNED = "pinned_item"  # session key: (index name, item id) of the indexed image being searched with
+
+
+@st.cache_resource(show_spinner="Loading the model and the index…", max_entries=4)
+def open_handle(index_dir: str, version: float):
+    """The opened index (model included), shared read-only by all sessions; `version` reloads a rebuilt one."""
+    from retrieval.search import open_index
+
+    return open_index(index_dir)
+
+
+@st.cache_data(show_spinner=False, max_entries=256, ttl=3600)
+def search_upload(index_dir: str, version: float, name: str, data: bytes, k: int):
+    """(query thumbnail, hits, error message) for uploaded bytes; keyed by content, so nothing leaks across
+    visitors: the same bytes give the same answer to anyone."""
+    try:
+        query = appkit.read_upload(name, data)
+        hits = open_handle(index_dir, version).search_images([query.image], k=k)[0]
+    except UserError as exc:
+        return None, [], str(exc)
+    return np.asarray(appkit.thumbnail(query.image)), hits, None
+
+
+@st.cache_data(show_spinner=False, max_entries=256, ttl=3600)
+def search_item(index_dir: str, version: float, item_id: int, k: int):
+    """(query thumbnail, caption, hits, error message) searching with an indexed image, itself left out."""
+    handle = open_handle(index_dir, version)
+    try:
+        item = handle.item(item_id)
+        image = load_image(item.path)
+        hits = handle.search_images([image], k=k + 1)[0]
+    except UserError as exc:
+        return None, "", [], str(exc)
+    hits = [replace(hit, rank=rank) for rank, hit in
+            enumerate((hit for hit in hits if hit.id != item_id), start=1)][:k]
+    caption = f"{Path(item.path).name}" + (f" · {item.label}" if item.label else "")
+    return np.asarray(appkit.thumbnail(image)), caption, hits, None
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def result_thumbnail(path: str):
+    """Thumbnail of an indexed image, or None when its file is gone or unreadable."""
+    try:
+        return np.asarray(appkit.thumbnail(load_image(path)))
+    except UserError:
+        return None
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def kernel_image(index_dir: str, version: float) -> np.ndarray:
+    return appkit.kernel_mosaic(open_handle(index_dir, version).model.first_layer_kernels())
+
+
+def pin(index_name: str, item_id: int) -> None:
+    st.session_state[PINNED] = (index_name, item_id)
+
+
+def unpin() -> None:
+    st.session_state.pop(PINNED, None)
+
+
+def no_index_message(root: Path) -> None:
+    st.info(
+        f"**No index yet** in `{root}`.  \n"
+        "Build the default one (CIFAR-10, a Hebbian model, about ten minutes on a laptop) with\n\n"
+        "    hebbir quickstart\n\n"
+        "or index your own images with a trained model:\n\n"
+        f"    hebbir index build --model CKPT --images DIR --out {root}/NAME\n\n"
+        f"then reload this page. (Another folder: `hebbir app --index-dir DIR` or `${appkit.INDEX_DIR_ENV}`.)",
+        icon=":material/info:",
+    )
+
+
+def show_hits(hits, index_name: str, key: str) -> None:
+    """The result grid: thumbnail, rank, score, label, file name, and a button to search with it."""
+    grid = st.grid("auto", min_column_width=140, gap="small", border=True)
+    for hit in hits:
+        with grid.cell():
+            thumb = result_thumbnail(hit.path)
+            if thumb is None:
+                st.caption(":material/broken_image: file missing")
+            else:
+                st.image(thumb, width="stretch")
+            st.markdown(f"**#{hit.rank}** · `{hit.score:.3f}`")
+            st.caption(f"**{hit.label}** · {Path(hit.path).name}" if hit.label else Path(hit.path).name,
+                       help=hit.path)
+            st.button("Similar", key=f"{key}-{hit.id}", icon=":material/search:", width="stretch",
+                      on_click=pin, args=(index_name, hit.id), help="search with this image")
+
+
+def show_query(thumb, title: str, caption: str, hits, error: str | None, index_name: str, key: str) -> None:
+    with st.container(border=True):
+        left, right = st.columns([1, 5], gap="medium")
+        with left:
+            st.markdown(f"**{title}**")
+            if thumb is not None:
+                st.image(thumb, width="stretch")
+            st.caption(caption)
+        with right:
+            if error:
+                st.error(error, icon=":material/error:")
+            elif not hits:
+                st.warning("The index is empty: no results.")
+            else:
+                show_hits(hits, index_name, key)
+
+
+def search_tab(index_dir: Path, version: float, index_name: str, k: int) -> None:
+    uploads = st.file_uploader(
+        "Query images", type=appkit.UPLOAD_TYPES, accept_multiple_files=True, key="uploads",
+        on_change=unpin, max_upload_size=appkit.MAX_UPLOAD_MB,
+        help=f"JPEG, PNG, WebP, BMP or GIF (first frame), up to {appkit.MAX_UPLOAD_MB} MB each.")
+
+    pinned = st.session_state.get(PINNED)
+    if pinned and pinned[0] == index_name:
+        thumb, caption, hits, error = search_item(str(index_dir), version, pinned[1], k)
+        st.button("Back to my uploads", icon=":material/arrow_back:", on_click=unpin)
+        show_query(thumb, "Indexed image", caption, hits, error, index_name, "pinned")
+        return
+
+    if not uploads:
+        st.caption("Upload one or more images to find the most similar ones in the index. "
+                   "Click **Search** under a result to search with it.")
+        return
+    for n, upload in enumerate(uploads):
+        thumb, hits, error = search_upload(str(index_dir), version, upload.name, upload.getvalue(), k)
+        show_query(thumb, "Query", upload.name, hits, error, index_name, f"q{n}")
+
+
+def index_tab(handle, index_dir: Path, version: float) -> None:
+    manifest = handle.manifest
+    network = handle.model.config() if hasattr(handle.model, "config") else {}
+    facts = appkit.index_facts(manifest, len(handle), network)
+    st.table({"": [name for name, _ in facts], "value": [value for _, value in facts]}, hide_index=True)
+    skipped = appkit.skipped_rows(manifest)
+    st.subheader(f"Skipped files ({len(skipped)})")
+    if skipped:
+        st.dataframe(skipped, hide_index=True, width="stretch")
+    else:
+        st.caption("None: every image found was indexed.")
+    st.subheader("First-layer kernels")
+    try:
+        st.image(kernel_image(str(index_dir), version),
+                 caption="learned 5x5 kernels of layer 1, each min-max normalised")
+    except (AttributeError, ValueError) as exc:
+        st.caption(f"Kernels not available for this model ({exc}).")
+
+
+def evaluation_tab(root: Path) -> None:
+    reports = appkit.list_reports(root)
+    if not reports:
+        st.info(f"No evaluation reports in `{root}` yet. Make one with, for example,\n\n"
+                "    hebbir evaluate --dataset cifar10 --methods hpca,sgd --regimes 1,10 --seeds 1 "
+                f"--out {root}/first", icon=":material/info:")
+        return
+    for n, report in enumerate(reports):
+        with st.expander(report.name, expanded=n == 0, icon=":material/analytics:"):
+            st.markdown(report.summary)
+            plots = st.grid(2, gap="medium")
+            for plot in report.plots:
+                plots.image(str(plot), caption=plot.stem.replace("_", " "))
+
+
+def main() -> None:
+    st.set_page_config(page_title="hebbir · image search", page_icon=":material/image_search:", layout="wide")
+    root = appkit.index_root()
+    names = appkit.list_indexes(root)
+
+    with st.sidebar:
+        st.title("hebbir")
+        st.caption("Image retrieval on features learned with fast Hebbian rules and few labels.")
+        index_name = st.selectbox("Index", names, index=0 if names else None, key="index_name",
+                                  placeholder="no index yet", on_change=unpin, disabled=not names)
+        k = st.slider("Results per query (k)", 1, 50, 10, key="k")
+        st.caption(f"Indexes in `{root}`")
+
+    search, evaluation, about = st.tabs([":material/search: Search", ":material/analytics: Evaluation",
+                                         ":material/dataset: Index"])
+    handle = None
+    if index_name:
+        index_dir = root / index_name
+        version = appkit.index_version(index_dir)
+        try:
+            handle = open_handle(str(index_dir), version)
+        except UserError as exc:
+            with search:
+                st.error(f"Cannot open index **{index_name}**: {exc}", icon=":material/error:")
+    with search:
+        if not names:
+            no_index_message(root)
+        elif handle is not None:
+            search_tab(index_dir, version, index_name, k)
+    with evaluation:
+        evaluation_tab(appkit.reports_root())
+    with about:
+        if handle is not None:
+            index_tab(handle, index_dir, version)
+        else:
+            no_index_message(root) if not names else st.caption("No index open.")
+
+
+main()

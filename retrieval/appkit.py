@@ -1,0 +1,199 @@
+"""Page logic of the Streamlit app that needs no Streamlit: where indexes and reports live, reading uploads,
+thumbnails, the index facts table and the first-layer kernel mosaic. Pure functions, easy to test.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from hebb.images import MAX_PIXELS, ImageLoadError, load_image
+
+INDEX_DIR_ENV = "HEBBIR_INDEX_DIR"
+REPORTS_DIR_ENV = "HEBBIR_REPORTS_DIR"
+DEFAULT_INDEX = "quickstart"
+
+#: Largest upload the page reads, in megabytes (the server refuses bigger ones first: server.maxUploadSize).
+MAX_UPLOAD_MB = 20
+#: Image types the uploader offers (the loader itself reads more).
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
+
+MANIFEST_FILE = "manifest.json"
+THUMB_SIZE = 160
+
+
+def index_root() -> Path:
+    """Folder holding the indexes: `$HEBBIR_INDEX_DIR`, else ./index_data."""
+    return Path(os.environ.get(INDEX_DIR_ENV) or "index_data")
+
+
+def reports_root() -> Path:
+    """Folder holding the evaluation reports: `$HEBBIR_REPORTS_DIR`, else ./reports."""
+    return Path(os.environ.get(REPORTS_DIR_ENV) or "reports")
+
+
+def list_indexes(root: Path) -> list[str]:
+    """Names of the index directories under `root` (those with a manifest), `quickstart` first."""
+    if not root.is_dir():
+        return []
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / MANIFEST_FILE).is_file())
+    if DEFAULT_INDEX in names:
+        names.remove(DEFAULT_INDEX)
+        names.insert(0, DEFAULT_INDEX)
+    return names
+
+
+def index_version(index_dir: Path) -> float:
+    """Modification time of the manifest: a rebuilt index gets a new value (cache key of the open handle)."""
+    try:
+        return (index_dir / MANIFEST_FILE).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@dataclass(frozen=True)
+class Query:
+    """One image to search with: a caption for the page, the RGB image, and the item id when it is indexed."""
+
+    name: str
+    image: Image.Image
+    item_id: int | None = None
+
+
+def read_upload(name: str, data: bytes, max_bytes: int = MAX_UPLOAD_MB << 20,
+                max_pixels: int = MAX_PIXELS) -> Query:
+    """Decode uploaded bytes into a `Query`; raise `ImageLoadError` with a short reason when unusable."""
+    if len(data) > max_bytes:
+        raise ImageLoadError(name, f"file too large: {len(data) / 2**20:.1f} MB (limit {max_bytes >> 20} MB)")
+    if not data:
+        raise ImageLoadError(name, "empty file")
+    try:
+        image = load_image(data, max_pixels=max_pixels)
+    except ImageLoadError as exc:
+        raise ImageLoadError(name, exc.reason) from None
+    return Query(name=name, image=image)
+
+
+def thumbnail(image: Image.Image, size: int = THUMB_SIZE) -> Image.Image:
+    """A square-fitting copy of `image` for the grid; tiny images (CIFAR's 32x32) are enlarged, not blurred away."""
+    w, h = image.size
+    scale = size / max(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 3 else Image.Resampling.LANCZOS
+    return image.resize(new, resample)
+
+
+def result_caption(rank: int, score: float, label: str | None, path: str) -> str:
+    """'#1 · 0.873 · cat' on one line, the file name on the next."""
+    head = f"#{rank} · {score:.3f}"
+    if label:
+        head += f" · {label}"
+    return f"{head}\n{Path(path).name}"
+
+
+def kernel_mosaic(kernels, scale: int = 8, columns: int = 16, gap: int = 2) -> np.ndarray:
+    """Kernels (K, 3, h, w) as one uint8 RGB image: each kernel min-max normalised on its own and enlarged
+    `scale` times (nearest neighbour), laid out `columns` per row on a white background."""
+    k = np.asarray(kernels.detach().cpu() if hasattr(kernels, "detach") else kernels, dtype=np.float32)
+    if k.ndim != 4:
+        raise ValueError(f"expected kernels of shape (K, C, h, w), got {k.shape}")
+    if k.shape[1] == 1:
+        k = np.repeat(k, 3, axis=1)
+    k = k[:, :3]
+    count, _, h, w = k.shape
+    lo = k.reshape(count, -1).min(axis=1)[:, None, None, None]
+    hi = k.reshape(count, -1).max(axis=1)[:, None, None, None]
+    k = (k - lo) / np.where(hi > lo, hi - lo, 1.0)
+    tiles = np.round(k * 255).astype(np.uint8).transpose(0, 2, 3, 1)  # (K, h, w, 3)
+    tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)
+    th, tw = h * scale, w * scale
+    columns = max(1, min(columns, count))
+    rows = -(-count // columns)
+    mosaic = np.full((rows * (th + gap) + gap, columns * (tw + gap) + gap, 3), 255, np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        y, x = gap + r * (th + gap), gap + c * (tw + gap)
+        mosaic[y:y + th, x:x + tw] = tile
+    return mosaic
+
+
+def index_facts(manifest: dict, item_count: int, network: dict | None = None) -> list[tuple[str, str]]:
+    """(name, value) rows describing an index for the page's table, from its manifest and the network's
+    `config()` (architecture, rule, layer spec)."""
+    network = network or {}
+    meta = manifest.get("model_meta") or {}
+    checksum = manifest.get("model_checksum")
+    rows = [
+        ("model", manifest.get("model_source") or manifest.get("model_file")),
+        ("model checksum", checksum[:16] if checksum else None),
+        ("architecture", manifest.get("architecture") or network.get("arch")),
+        ("rule", network.get("rule") or meta.get("rule")),
+        ("layers (H Hebbian, G backprop, R random)", network.get("spec")),
+        ("training", meta.get("stage")),
+        ("feature layer", manifest.get("layer")),
+        ("pooling", manifest.get("pooling")),
+        ("projection", manifest.get("projection")),
+        ("dimension", manifest.get("dimension")),
+        ("features", manifest.get("description")),
+        ("metric", manifest.get("metric")),
+        ("index type", manifest.get("factory")),
+        ("items", f"{item_count:,}"),
+        ("images from", manifest.get("source")),
+        ("built", manifest.get("created")),
+        ("build time", _seconds(manifest.get("build_time_s"))),
+        ("last addition", manifest.get("updated")),
+    ]
+    return [(name, str(value)) for name, value in rows if value not in (None, "")]
+
+
+def _seconds(value) -> str | None:
+    try:
+        return None if value is None else f"{float(value):.1f} s"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def skipped_rows(manifest: dict) -> list[dict]:
+    """The images the index build skipped, as table rows {file, reason}."""
+    rows = []
+    for entry in manifest.get("skipped") or []:
+        if isinstance(entry, dict):
+            rows.append({"file": str(entry.get("path", "")), "reason": str(entry.get("reason", ""))})
+        else:
+            rows.append({"file": str(entry), "reason": ""})
+    return rows
+
+
+@dataclass(frozen=True)
+class Report:
+    """A saved evaluation report: its folder name, summary text (markdown) and PNG plots."""
+
+    name: str
+    summary: str
+    plots: tuple[Path, ...]
+
+
+_LOCAL_IMAGE = re.compile(r"!\[[^\]]*\]\((?!https?://)[^)]*\)")
+
+
+def list_reports(root: Path) -> list[Report]:
+    """Every `root/*/summary.md`, newest first, with the PNG plots beside it.
+
+    Markdown image links to local files are dropped from the summary: the page shows the plots itself.
+    """
+    if not root.is_dir():
+        return []
+    found = []
+    for summary in root.glob("*/summary.md"):
+        try:
+            text = summary.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        plots = tuple(sorted(summary.parent.glob("*.png")))
+        found.append((summary.stat().st_mtime, Report(summary.parent.name, _LOCAL_IMAGE.sub("", text), plots)))
+    return [report for _, report in sorted(found, key=lambda pair: -pair[0])]

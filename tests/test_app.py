@@ -1,0 +1,135 @@
+"""The page (app.py) driven by Streamlit's AppTest on a tiny real index: guidance without an index, results
+for uploads, messages for bad files, searching with a result, the index and evaluation tabs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from appsupport import awkward_uploads, bad_uploads, build_tiny_index, image_bytes
+
+pytest.importorskip("streamlit")
+pytest.importorskip("faiss")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+RESULT = re.compile(r"^\*\*#(\d+)\*\* · `(-?[0-9.]+)`")
+TIMEOUT = 120  # first run imports torch and opens the index on a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def index_root(tmp_path_factory, cifar_data_dir) -> Path:
+    return build_tiny_index(tmp_path_factory.mktemp("app"), cifar_data_dir)
+
+
+@pytest.fixture
+def page(index_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("HEBBIR_INDEX_DIR", str(index_root))
+    monkeypatch.setenv("HEBBIR_REPORTS_DIR", str(tmp_path / "no-reports"))
+    return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+
+
+def indexed_jpeg(index_root: Path) -> tuple[str, bytes]:
+    path = sorted((index_root.parent / "images" / "cat").iterdir())[0]
+    return path.name, path.read_bytes()
+
+
+def results(at) -> list[tuple[int, float]]:
+    """(rank, score) of every result card on the page, in page order."""
+    found = []
+    for md in at.markdown:
+        m = RESULT.match(md.value)
+        if m:
+            found.append((int(m.group(1)), float(m.group(2))))
+    return found
+
+
+def upload(at, files: dict[str, bytes] | list[tuple[str, bytes]]):
+    items = files.items() if isinstance(files, dict) else files
+    at.file_uploader(key="uploads").set_value([(name, data, "application/octet-stream") for name, data in items])
+    return at.run()
+
+
+def test_without_an_index_the_page_says_how_to_build_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEBBIR_INDEX_DIR", str(tmp_path / "empty"))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    guidance = " ".join(info.value for info in at.info)
+    assert "No index yet" in guidance
+    assert "hebbir quickstart" in guidance and "hebbir index build" in guidance
+
+
+def test_an_upload_gets_k_ranked_results_itself_first(page, index_root):
+    at = page.run()
+    assert not at.exception
+    assert at.selectbox(key="index_name").value == "quickstart"
+    at.slider(key="k").set_value(7)
+    name, data = indexed_jpeg(index_root)
+    at = upload(at, [(name, data)])
+    assert not at.exception and not at.error
+    found = results(at)
+    assert [rank for rank, _ in found] == list(range(1, 8))
+    scores = [score for _, score in found]
+    assert scores == sorted(scores, reverse=True)
+    assert scores[0] == pytest.approx(1.0, abs=1e-3)  # the query is in the index: it comes back first
+    assert any(name in caption.value for caption in at.caption)
+    other_visitor = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert results(other_visitor) == [], "a second visitor must not see the first one's results"
+
+
+def test_bad_files_get_a_message_and_awkward_ones_results(page, index_root):
+    _, good = indexed_jpeg(index_root)
+    at = page.run()
+    at.slider(key="k").set_value(3)
+    awkward, bad = awkward_uploads(good), bad_uploads(good)
+    at = upload(at, {**awkward, **bad})
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == len(bad)
+    for name, fragment in (("notes.png", "not an image"), ("truncated.jpg", "corrupt"), ("huge.png", "too large")):
+        assert any(name in e and fragment in e for e in errors), (name, errors)
+    assert len(results(at)) == 3 * len(awkward)
+
+
+def test_search_with_a_result_makes_it_the_query(page, index_root):
+    at = page.run()
+    at.slider(key="k").set_value(5)
+    at = upload(at, [indexed_jpeg(index_root)])
+    second = [b for b in at.button if b.key and b.key.startswith("q0-")][1]
+    clicked_id = int(second.key.split("-")[1])
+    at = second.click().run()
+    assert not at.exception
+    assert any(m.value == "**Indexed image**" for m in at.markdown)
+    assert [rank for rank, _ in results(at)] == [1, 2, 3, 4, 5]
+    keys = [b.key for b in at.button if b.key and b.key.startswith("pinned-")]
+    assert len(keys) == 5 and f"pinned-{clicked_id}" not in keys  # the query itself is left out
+    at = next(b for b in at.button if b.label == "Back to my uploads").click().run()
+    assert not any(m.value == "**Indexed image**" for m in at.markdown)
+    assert len(results(at)) == 5
+
+
+def test_index_tab_describes_the_index(page):
+    at = page.run()
+    facts = at.tabs[2].table[0].value
+    rows = dict(zip(facts.iloc[:, 0], facts.iloc[:, 1]))
+    assert rows["items"] == "100"
+    assert rows["feature layer"] == "3" and rows["dimension"] == "32"
+    assert rows["rule"] == "hpca"
+    assert len(at.tabs[2].get("image")) == 1  # the kernel mosaic
+
+
+def test_evaluation_tab_shows_saved_reports(page, tmp_path, monkeypatch):
+    report = tmp_path / "reports" / "tiny"
+    report.mkdir(parents=True)
+    (report / "summary.md").write_text("# Tiny sweep\n\n| method | mAP |\n|---|---|\n| hpca | 0.25 |\n"
+                                       "\n![P@k](p_at_k.png)\n")
+    Image.new("RGB", (60, 40), "white").save(report / "p_at_k.png")
+    monkeypatch.setenv("HEBBIR_REPORTS_DIR", str(tmp_path / "reports"))
+    at = page.run()
+    tab = at.tabs[1]
+    assert any("| hpca | 0.25 |" in m.value for m in tab.markdown)
+    assert not any("![" in m.value for m in tab.markdown)  # local image links are shown as images instead
+    assert len(tab.get("image")) == 1
