@@ -67,7 +67,7 @@ def result_thumbnail(path: str):
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def kernel_image(index_dir: str, version: float) -> np.ndarray:
-    return appkit.kernel_mosaic(open_handle(index_dir, version).model.first_layer_kernels())
+    return appkit.kernel_mosaic(open_handle(index_dir, version).model.first_layer_kernels(), columns=12)
 
 
 def pin(index_name: str, item_id: int) -> None:
@@ -101,8 +101,7 @@ def show_hits(hits, index_name: str, key: str) -> None:
             else:
                 st.image(thumb, width="stretch")
             st.markdown(f"**#{hit.rank}** · `{hit.score:.3f}`")
-            st.caption(f"**{hit.label}** · {Path(hit.path).name}" if hit.label else Path(hit.path).name,
-                       help=hit.path)
+            st.caption(f"**{hit.label}** · {Path(hit.path).name}" if hit.label else Path(hit.path).name)
             st.button("Similar", key=f"{key}-{hit.id}", icon=":material/search:", width="stretch",
                       on_click=pin, args=(index_name, hit.id), help="search with this image")
 
@@ -150,19 +149,28 @@ def index_tab(handle, index_dir: Path, version: float) -> None:
     manifest = handle.manifest
     network = handle.model.config() if hasattr(handle.model, "config") else {}
     facts = appkit.index_facts(manifest, len(handle), network)
-    st.table({"": [name for name, _ in facts], "value": [value for _, value in facts]}, hide_index=True)
     skipped = appkit.skipped_rows(manifest)
-    st.subheader(f"Skipped files ({len(skipped)})")
+    headline = st.columns(4)
+    headline[0].metric("Images indexed", f"{len(handle):,}", border=True)
+    headline[1].metric("Vector size", manifest.get("dimension", "?"), border=True)
+    headline[2].metric("Feature layer", manifest.get("layer", "?"), border=True)
+    headline[3].metric("Skipped files", len(skipped), border=True)
+
+    details, kernels = st.columns([3, 2], gap="large")
+    with details:
+        st.subheader("Details")
+        st.table({"": [name for name, _ in facts], "value": [value for _, value in facts]},
+                 hide_index=True, hide_header=True)
+    with kernels:
+        st.subheader("First-layer kernels")
+        try:
+            st.image(kernel_image(str(index_dir), version), width="stretch",
+                     caption="the learned 5x5 colour kernels of layer 1, each min-max normalised")
+        except (AttributeError, ValueError) as exc:
+            st.caption(f"Kernels not available for this model ({exc}).")
     if skipped:
+        st.subheader("Skipped files")
         st.dataframe(skipped, hide_index=True, width="stretch")
-    else:
-        st.caption("None: every image found was indexed.")
-    st.subheader("First-layer kernels")
-    try:
-        st.image(kernel_image(str(index_dir), version),
-                 caption="learned 5x5 kernels of layer 1, each min-max normalised")
-    except (AttributeError, ValueError) as exc:
-        st.caption(f"Kernels not available for this model ({exc}).")
 
 
 def evaluation_tab(root: Path) -> None:

@@ -15,7 +15,8 @@ INDEX_NAME = "quickstart"
 
 
 def build_tiny_index(work: Path, cifar_data_dir: Path) -> Path:
-    """Index 100 CIFAR-10 test JPEGs with a randomly initialised, saved network; return the index root.
+    """Index 100 CIFAR-10 test JPEGs (and one broken file, which is skipped) with a randomly initialised,
+    saved network; return the index root.
 
     The images are copied into `work/images/CLASS/`, the model to `work/model.pt`, the index to
     `work/index_data/quickstart`.
@@ -33,6 +34,7 @@ def build_tiny_index(work: Path, cifar_data_dir: Path) -> Path:
         (images / cls).mkdir(parents=True, exist_ok=True)
         for src in sorted((test_root / cls).iterdir())[:PER_CLASS]:
             shutil.copy(src, images / cls / src.name)
+    (images / "cat" / "zz-broken.jpg").write_bytes(b"not a jpeg")  # the build skips it, with a reason
     torch.manual_seed(0)
     net = build_network("cifar6", num_classes=len(classes), rule="hpca")
     model = work / "model.pt"

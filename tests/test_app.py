@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -115,10 +116,12 @@ def test_index_tab_describes_the_index(page):
     at = page.run()
     facts = at.tabs[2].table[0].value
     rows = dict(zip(facts.iloc[:, 0], facts.iloc[:, 1]))
-    assert rows["items"] == "100"
+    assert rows["items"] == "100" and at.tabs[2].metric[0].value == "100"
     assert rows["feature layer"] == "3" and rows["dimension"] == "32"
     assert rows["rule"] == "hpca"
     assert len(at.tabs[2].get("image")) == 1  # the kernel mosaic
+    skipped = at.tabs[2].dataframe[0].value
+    assert len(skipped) == 1 and skipped["file"][0].endswith("zz-broken.jpg") and skipped["reason"][0]
 
 
 def test_evaluation_tab_shows_saved_reports(page, tmp_path, monkeypatch):
@@ -133,3 +136,64 @@ def test_evaluation_tab_shows_saved_reports(page, tmp_path, monkeypatch):
     assert any("| hpca | 0.25 |" in m.value for m in tab.markdown)
     assert not any("![" in m.value for m in tab.markdown)  # local image links are shown as images instead
     assert len(tab.get("image")) == 1
+
+
+def test_a_broken_index_gets_a_message_not_a_traceback(tmp_path, monkeypatch):
+    broken = tmp_path / "indexes" / "quickstart"
+    broken.mkdir(parents=True)
+    (broken / "manifest.json").write_text("{ half a manifest")
+    monkeypatch.setenv("HEBBIR_INDEX_DIR", str(tmp_path / "indexes"))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("Cannot open index" in e.value and "manifest" in e.value for e in at.error)
+
+
+def test_indexes_are_listed_quickstart_first(tmp_path):
+    from retrieval.appkit import list_indexes
+
+    for name in ("zebra", "quickstart", "alpha", "not-an-index"):
+        (tmp_path / name).mkdir()
+        if name != "not-an-index":
+            (tmp_path / name / "manifest.json").write_text("{}")
+    assert list_indexes(tmp_path) == ["quickstart", "alpha", "zebra"]
+    assert list_indexes(tmp_path / "missing") == []
+
+
+def test_uploads_over_the_byte_limit_are_refused_unread():
+    from hebb.images import ImageLoadError
+    from retrieval.appkit import read_upload
+
+    png = image_bytes(Image.new("RGB", (600, 600), "red"), "PNG")
+    assert read_upload("ok.png", png).image.size == (600, 600)
+    with pytest.raises(ImageLoadError, match="too large"):
+        read_upload("big.png", png + b"\0" * (2 << 20), max_bytes=1 << 20)
+
+
+def test_kernel_mosaic_normalises_each_kernel_and_enlarges_it():
+    import torch
+
+    from retrieval.appkit import kernel_mosaic
+
+    kernels = torch.randn(96, 3, 5, 5)
+    kernels[1] = 7.0  # a constant kernel must not turn into NaN
+    kernels[2] *= 1000  # nor drown the others: each one is scaled on its own
+    mosaic = kernel_mosaic(kernels, scale=4, columns=16, gap=1)
+    assert mosaic.dtype == np.uint8 and mosaic.shape == (6 * 21 + 1, 16 * 21 + 1, 3)
+    for i in (0, 2, 50):
+        r, c = divmod(i, 16)
+        tile = mosaic[1 + r * 21:1 + r * 21 + 20, 1 + c * 21:1 + c * 21 + 20]
+        assert tile.min() == 0 and tile.max() == 255
+
+
+def test_hebbir_app_binds_loopback_and_caps_uploads(tmp_path):
+    from retrieval.cli import build_parser, main
+    from retrieval.commands.app import app_path, streamlit_command
+
+    assert app_path() == APP
+    args = build_parser().parse_args(["app", "--port", "8765", "--no-browser"])
+    command = streamlit_command(args)
+    flags = dict(zip(command[5::2], command[6::2]))
+    assert command[3:5] == ["run", str(APP)]
+    assert flags["--server.address"] == "127.0.0.1" and flags["--server.port"] == "8765"
+    assert flags["--server.maxUploadSize"] == "20" and flags["--server.headless"] == "true"
+    assert main(["app", "--index-dir", str(tmp_path / "nowhere")]) == 2

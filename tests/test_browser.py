@@ -131,3 +131,8 @@ def test_upload_shows_k_results_and_a_result_can_be_searched_with(server, page):
     sync_api.expect(page.get_by_role("button", name="Similar", exact=True)).to_have_count(K)
     all_images_loaded(page)
     page.screenshot(path=str(ARTIFACTS / "app_search_with_result.png"), full_page=True)
+
+    page.get_by_role("tab", name="Index").click()
+    sync_api.expect(page.get_by_text("First-layer kernels")).to_be_visible()
+    all_images_loaded(page)
+    page.screenshot(path=str(ARTIFACTS / "app_index.png"), full_page=True)
