@@ -203,27 +203,28 @@ def main() -> None:
 
     search, evaluation, about = st.tabs([":material/search: Search", ":material/analytics: Evaluation",
                                          ":material/dataset: Index"])
+    with evaluation:  # first: it needs no model, so it shows while the index loads
+        evaluation_tab(appkit.reports_root())
     handle = None
-    if index_name:
-        index_dir = root / index_name
-        version = appkit.index_version(index_dir)
-        try:
-            handle = open_handle(str(index_dir), version)
-        except UserError as exc:
-            with search:
-                st.error(f"Cannot open index **{index_name}**: {exc}", icon=":material/error:")
     with search:
         if not names:
             no_index_message(root)
-        elif handle is not None:
-            search_tab(index_dir, version, index_name, k)
-    with evaluation:
-        evaluation_tab(appkit.reports_root())
+        else:
+            index_dir = root / index_name
+            version = appkit.index_version(index_dir)
+            try:
+                handle = open_handle(str(index_dir), version)
+            except UserError as exc:
+                st.error(f"Cannot open index **{index_name}**: {exc}", icon=":material/error:")
+            else:
+                search_tab(index_dir, version, index_name, k)
     with about:
         if handle is not None:
             index_tab(handle, index_dir, version)
+        elif not names:
+            no_index_message(root)
         else:
-            no_index_message(root) if not names else st.caption("No index open.")
+            st.caption("No index open.")
 
 
 main()

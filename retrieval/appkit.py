@@ -179,12 +179,14 @@ class Report:
 
 
 _LOCAL_IMAGE = re.compile(r"!\[[^\]]*\]\((?!https?://)[^)]*\)")
+_HEADING = re.compile(r"^(#{1,4}) ", re.MULTILINE)
 
 
 def list_reports(root: Path) -> list[Report]:
     """Every `root/*/summary.md`, newest first, with the PNG plots beside it.
 
-    Markdown image links to local files are dropped from the summary: the page shows the plots itself.
+    Markdown image links to local files are dropped from the summary (the page shows the plots itself), and
+    headings go two levels down, to sit under the page's own.
     """
     if not root.is_dir():
         return []
@@ -195,5 +197,6 @@ def list_reports(root: Path) -> list[Report]:
         except OSError:
             continue
         plots = tuple(sorted(summary.parent.glob("*.png")))
-        found.append((summary.stat().st_mtime, Report(summary.parent.name, _LOCAL_IMAGE.sub("", text), plots)))
+        text = _HEADING.sub(r"##\1 ", _LOCAL_IMAGE.sub("", text))
+        found.append((summary.stat().st_mtime, Report(summary.parent.name, text, plots)))
     return [report for _, report in sorted(found, key=lambda pair: -pair[0])]
