@@ -1,0 +1,94 @@
+"""`hebbir evaluate`: the accuracy + retrieval sweep over methods, label regimes, layers and seeds."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hebb.errors import UserError
+from retrieval.commands.common import add_data_dir, add_device, positive_int, resolve_device
+
+
+def _csv(kind):
+    def parse(text: str):
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got '{text}'") from None
+    return parse
+
+
+def _layers(text: str):
+    return "best" if text.strip().lower() == "best" else _csv(int)(text)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="accuracy and retrieval mAP across methods, label regimes, layers and seeds",
+        description="For each method and seed: one unsupervised pre-training (cached under OUT/work), then for "
+                    "each label regime and layer: fine-tuning on the labelled subset, test accuracy, and "
+                    "retrieval mAP@100 / mAP@R / mAP@all (database = training split, queries = test split). "
+                    "Finished runs go to OUT/results.json at once; rerunning skips them, so an interrupted "
+                    "sweep continues. OUT/summary.md and plots are written at the end.",
+        epilog="example: hebbir evaluate --methods hpca,sgd --regimes 1,10,100 --seeds 3 --out reports/cifar10")
+    p.add_argument("--dataset", default="cifar10", help="dataset in the data directory (default: cifar10)")
+    p.add_argument("--methods", type=_csv(str), default=("hpca", "swta", "vae", "sgd"),
+                   help="comma-separated, from hpca, swta, wta, vae, sgd, random (default: hpca,swta,vae,sgd)")
+    p.add_argument("--regimes", type=_csv(float), default=(1, 5, 10, 100),
+                   help="label regimes in %% of the training split (default: 1,5,10,100)")
+    p.add_argument("--layers", type=_layers, default="best",
+                   help="'best' (layer 5, the whole trunk as in the papers' Table 2) or a list such as 1,2,3,4,5")
+    p.add_argument("--seeds", type=positive_int, default=3, help="repetitions, seeds 0..N-1 (default: 3)")
+    p.add_argument("--pretrain-epochs", type=positive_int, default=None,
+                   help="pre-training epochs (default: the training code's default)")
+    p.add_argument("--finetune-epochs", type=positive_int, default=None,
+                   help="fine-tuning epochs (default: the training code's default)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="use at most N images of each split (a fixed random sample): quick, not comparable runs")
+    p.add_argument("--pooling", default="auto", choices=("auto", "flatten", "avg", "max", "avgmax", "grid"),
+                   help="feature pooling for retrieval (default: auto = the extractor's choice per layer)")
+    p.add_argument("--projection", default="auto", choices=("auto", "none", "pca", "pcaw"),
+                   help="feature projection fitted on the database (default: auto)")
+    p.add_argument("--dim", type=positive_int, default=None, help="projected feature size (default: auto)")
+    p.add_argument("--out", type=Path, required=True, help="report folder (results.json, summary.md, plots)")
+    p.add_argument("--report-only", action="store_true", help="only regenerate summary.md and plots from results.json")
+    p.add_argument("--pr-regime", type=float, default=None,
+                   help="regime of the precision-recall plot (default: 10 if run, else the smallest)")
+    add_device(p)
+    add_data_dir(p)
+    p.set_defaults(func=_evaluate)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The sweep as a `hebbir evaluate` command with every option spelled out (recorded in the report)."""
+    def fmt(v):
+        return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, tuple) else str(v)
+
+    parts = ["hebbir evaluate"]
+    for name in ("dataset", "methods", "regimes", "layers", "seeds", "pretrain_epochs", "finetune_epochs", "limit",
+                 "pooling", "projection", "dim", "device", "data_dir", "out"):
+        value = getattr(args, name)
+        if value is not None:
+            parts.append(f"--{name.replace('_', '-')} {fmt(value)}")
+    return " ".join(parts)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from retrieval.evaluate import BEST_LAYER, SweepConfig, run_sweep
+    from retrieval.report import write_report
+
+    if not args.report_only:
+        layers = (BEST_LAYER,) if args.layers == "best" else args.layers
+        if not layers:
+            raise UserError("--layers: give 'best' or layer numbers such as 1,3,5")
+        config = SweepConfig(out=args.out, dataset=args.dataset, methods=tuple(m.lower() for m in args.methods),
+                             regimes=args.regimes, layers=layers, seeds=tuple(range(args.seeds)),
+                             pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.finetune_epochs,
+                             limit=args.limit, pooling=args.pooling, projection=args.projection,
+                             dim=args.dim, device=str(resolve_device(args.device)), data_dir=args.data_dir,
+                             command=command_line(args))
+        results = run_sweep(config)
+        print(f"{len(results['runs'])} runs in {args.out / 'results.json'}")
+    path = write_report(args.out, pr_regime=args.pr_regime)
+    print(f"report: {path}")
+    return 0

@@ -1,0 +1,402 @@
+"""The evaluation report: `summary.md` (tables, mean ± 95% CI over seeds) and PNG plots from results.json.
+
+Confidence intervals are Student-t intervals of the mean over seeds: mean ± t_{0.975, n-1} · s / sqrt(n)
+(s the sample standard deviation); with one seed there is no interval and the table says so ("n=1").
+Tables are per method x label regime at the layer chosen by validation accuracy (the only layer when the
+sweep ran one), with the papers' numbers beside ours where they exist; a layer-by-layer table follows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from hebb.errors import UserError
+from retrieval.evaluate import load_results
+from retrieval.paper_numbers import (METHOD_NAMES, PAPER_ACCURACY, PAPER_SOURCE, PAPER_TRAINING_TIME,
+                                     paper_accuracy)
+
+SUMMARY_FILE = "summary.md"
+MAP_METRICS = ("map@100", "map@R", "map@all")
+METHOD_ORDER = ("hpca", "swta", "wta", "vae", "sgd", "random")
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta function I_x(a, b)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Student-t cumulative distribution function."""
+    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
+    return 1 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Student-t quantile (inverse CDF) by bisection, for 0 < p < 1."""
+    if not 0 < p < 1 or df <= 0:
+        raise UserError(f"t quantile needs 0 < p < 1 and df > 0, got p={p}, df={df}")
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width of the Student-t confidence interval); half-width is nan for fewer than 2 values."""
+    x = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    if len(x) == 0:
+        return math.nan, math.nan
+    if len(x) < 2:
+        return float(x.mean()), math.nan
+    half = t_quantile(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return float(x.mean()), float(half)
+
+
+def format_ci(mean: float, half: float, digits: int = 2, scale: float = 1.0) -> str:
+    if math.isnan(mean):
+        return "–"
+    if math.isnan(half):
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {half * scale:.{digits}f}"
+
+
+# ------------------------------------------------------------------------------------------ grouping
+
+
+def _get(record: dict, metric: str):
+    if metric == "accuracy":
+        return record["accuracy"].get("top1")
+    if metric == "top5":
+        return record["accuracy"].get("top5")
+    if metric == "val_accuracy":
+        return record.get("val_accuracy")
+    return record["retrieval"].get(metric)
+
+
+def _ordered_methods(runs: list[dict]) -> list[str]:
+    present = {r["method"] for r in runs}
+    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
+
+
+def group_runs(runs: list[dict]) -> dict[tuple[str, float, int], list[dict]]:
+    """{(method, regime, layer): [records over seeds]}."""
+    groups: dict[tuple[str, float, int], list[dict]] = defaultdict(list)
+    for r in runs:
+        groups[(r["method"], float(r["regime"]), int(r["layer"]))].append(r)
+    return groups
+
+
+def chosen_layers(groups) -> dict[tuple[str, float], int]:
+    """(method, regime) -> the layer with the best mean validation accuracy (ties: the higher layer)."""
+    best: dict[tuple[str, float], tuple[float, int]] = {}
+    for (method, regime, layer), recs in groups.items():
+        val = [v for v in (_get(r, "val_accuracy") for r in recs) if v is not None]
+        score = float(np.mean(val)) if val else -math.inf
+        key = (method, regime)
+        if key not in best or (score, layer) > best[key]:
+            best[key] = (score, layer)
+    return {k: layer for k, (_, layer) in best.items()}
+
+
+def metric_table(groups, chosen, metric: str) -> dict[str, dict[float, tuple[float, float]]]:
+    """{method: {regime: (mean, ci)}} of `metric` at the chosen layers."""
+    table: dict[str, dict[float, tuple[float, float]]] = defaultdict(dict)
+    for (method, regime), layer in chosen.items():
+        table[method][regime] = mean_ci(_get(r, metric) for r in groups[(method, regime, layer)])
+    return table
+
+
+# ------------------------------------------------------------------------------------------ markdown
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _accuracy_section(groups, chosen, methods, regimes) -> str:
+    table = metric_table(groups, chosen, "accuracy")
+    header = ["method"] + [f"{r:g}%" for r in regimes]
+    rows = [[METHOD_NAMES.get(m, m)] + [format_ci(*table[m].get(r, (math.nan, math.nan)), scale=100)
+                                         for r in regimes] for m in methods]
+    for m in methods:
+        if m in PAPER_ACCURACY:
+            rows.append([f"*{METHOD_NAMES.get(m, m)} (paper)*"] + [
+                f"*{v:.2f}*" if (v := paper_accuracy(m, r)) is not None else "–" for r in regimes])
+    return _md_table(header, rows)
+
+
+def _map_section(groups, chosen, methods, regimes) -> str:
+    parts = []
+    for metric in MAP_METRICS:
+        table = metric_table(groups, chosen, metric)
+        header = ["method"] + [f"{r:g}%" for r in regimes]
+        rows = [[METHOD_NAMES.get(m, m)] + [format_ci(*table[m].get(r, (math.nan, math.nan)), digits=3)
+                                             for r in regimes] for m in methods]
+        parts.append(f"**{metric}**\n\n" + _md_table(header, rows))
+    return "\n\n".join(parts)
+
+
+def _layer_section(groups, methods, regimes) -> str:
+    layers = sorted({layer for (_, _, layer) in groups})
+    header = ["method", "regime"] + [f"layer {layer}: acc % / mAP@100" for layer in layers]
+    rows = []
+    for m in methods:
+        for r in regimes:
+            cells = []
+            for layer in layers:
+                recs = groups.get((m, r, layer))
+                if not recs:
+                    cells.append("–")
+                    continue
+                acc = format_ci(*mean_ci(_get(x, "accuracy") for x in recs), digits=1, scale=100)
+                mp = format_ci(*mean_ci(_get(x, "map@100") for x in recs), digits=3)
+                cells.append(f"{acc} / {mp}")
+            if any(c != "–" for c in cells):
+                rows.append([METHOD_NAMES.get(m, m), f"{r:g}%"] + cells)
+    return _md_table(header, rows)
+
+
+def _fmt_s(seconds) -> str:
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "–"
+    seconds = float(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m {seconds % 60:.0f}s"
+    return f"{int(seconds // 3600)}h {int(seconds % 3600 // 60)}m"
+
+
+def training_times(results: dict, methods) -> dict[str, dict[str, float]]:
+    """{method: epoch_s, epochs, total_s (pre-training, mean over seeds), finetune_s (mean over runs)}."""
+    out = {}
+    for m in methods:
+        pre = [v for k, v in results.get("pretraining", {}).items() if k.split("/")[0] == m]
+        ft = [r["timings"].get("finetune_s") for r in results["runs"].values()
+              if r["method"] == m and r["timings"].get("finetune_s") is not None]
+        out[m] = {"epoch_s": float(np.mean([p.get("epoch_time_s", 0) for p in pre])) if pre else math.nan,
+                  "epochs": float(np.mean([p.get("epochs", 0) for p in pre])) if pre else math.nan,
+                  "total_s": float(np.mean([p.get("wall_s", p.get("time_s", 0)) for p in pre])) if pre else math.nan,
+                  "finetune_s": float(np.mean(ft)) if ft else math.nan}
+    return out
+
+
+def _time_section(results, methods) -> str:
+    times = training_times(results, methods)
+    header = ["method", "epoch", "epochs", "pre-training total", "fine-tuning (mean per run)",
+              "paper: epoch", "paper: epochs", "paper: total"]
+    rows = []
+    for m in methods:
+        t = times[m]
+        p = PAPER_TRAINING_TIME.get(m, {})
+        rows.append([METHOD_NAMES.get(m, m), _fmt_s(t["epoch_s"]),
+                     "–" if math.isnan(t["epochs"]) else f"{t['epochs']:g}", _fmt_s(t["total_s"]),
+                     _fmt_s(t["finetune_s"]), _fmt_s(p.get("epoch_s")),
+                     f"{p['epochs']:g}" if p else "–", _fmt_s(p.get("total_s"))])
+    return _md_table(header, rows)
+
+
+def write_summary(out: Path, results: dict, pr_regime: float | None = None) -> Path:
+    """Write `out/summary.md` and the plots; return the summary's path."""
+    out = Path(out)
+    runs = list(results["runs"].values())
+    if not runs:
+        raise UserError(f"{out}: results.json holds no finished runs yet")
+    groups = group_runs(runs)
+    chosen = chosen_layers(groups)
+    methods = _ordered_methods(runs)
+    regimes = sorted({float(r["regime"]) for r in runs})
+    seeds = sorted({int(r["seed"]) for r in runs})
+    plots = write_plots(out, groups, chosen, methods, regimes, results, pr_regime)
+
+    sessions = results.get("sessions", [])
+    devices = sorted({s.get("device", "?") for s in sessions} | {r.get("device", "?") for r in runs})
+    lines = [f"# Evaluation: {results['settings'].get('dataset')}", ""]
+    lines.append(f"- report written: {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+    lines.append(f"- runs: {len(runs)} finished ({len(methods)} methods, {len(regimes)} regimes, "
+                 f"{len({int(r['layer']) for r in runs})} layer(s), seeds {', '.join(map(str, seeds))}), "
+                 f"from {results.get('created', '?')} to {max(r.get('finished', '') for r in runs)}")
+    lines.append(f"- device(s): {'; '.join(devices)}")
+    lines.append(f"- settings: " + ", ".join(f"{k}={v}" for k, v in results["settings"].items()))
+    for s in sessions:
+        lines.append(f"- command ({s.get('started', '?')}, torch {s.get('torch', '?')}): `{s.get('command', '?')}`")
+    lines += ["", "Mean ± 95% Student-t confidence interval over seeds (no interval with one seed). "
+              "Retrieval protocol \"seed\": database = training split, queries = test split, cosine on the "
+              "fine-tuned network's features at the layer; mAP@R cuts each query's ranking at its number of "
+              "relevant items. The layer of each cell is the one with the best validation accuracy among "
+              "those run: " + ", ".join(f"{METHOD_NAMES.get(m, m)} {r:g}% → {chosen[(m, r)]}"
+                                        for m in methods for r in regimes if (m, r) in chosen) + ".", ""]
+    lines += ["## Test accuracy (top-1, %)", "",
+              f"Paper rows: {PAPER_SOURCE} (mean of 5 runs, no CI given). The SGD row is our in-run "
+              "baseline: the same network trained from scratch on the labelled subset only.", "",
+              _accuracy_section(groups, chosen, methods, regimes), ""]
+    lines += ["## Retrieval (mAP)", "", "The papers report no retrieval mAP for this protocol; there is nothing "
+              "of theirs to put beside these.", "", _map_section(groups, chosen, methods, regimes), ""]
+    lines += ["## Layer by layer", "", _layer_section(groups, methods, regimes), ""]
+    lines += ["## Training time", "",
+              "Ours: unsupervised pre-training (mean over seeds; 0 epochs for methods without that stage; the "
+              "total includes fitting the input normalisation / ZCA) and fine-tuning, on the device(s) above. Paper: its Table 1 (FastHebb implementations for HPCA and "
+              "soft-WTA; RTX 3060), epochs counted until the network stops improving.", "",
+              _time_section(results, methods), ""]
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    path = out / SUMMARY_FILE
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ plots
+
+
+def _regime_series(groups, chosen, method, regimes, metric):
+    xs, means, halves = [], [], []
+    for r in regimes:
+        if (method, r) in chosen:
+            m, h = mean_ci(_get(x, metric) for x in groups[(method, r, chosen[(method, r)])])
+            xs.append(r)
+            means.append(m)
+            halves.append(0.0 if math.isnan(h) else h)
+    return np.array(xs), np.array(means), np.array(halves)
+
+
+def _plot_vs_regime(ax, groups, chosen, methods, regimes, metric, scale=1.0):
+    for i, m in enumerate(methods):
+        xs, mean, half = _regime_series(groups, chosen, m, regimes, metric)
+        if not len(xs):
+            continue
+        color = f"C{i}"
+        ax.plot(xs, mean * scale, "o-", color=color, label=METHOD_NAMES.get(m, m))
+        ax.fill_between(xs, (mean - half) * scale, (mean + half) * scale, color=color, alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xticks(regimes)
+    ax.set_xticklabels([f"{r:g}" for r in regimes])
+    ax.set_xlabel("labelled images (% of the training split)")
+    ax.grid(True, alpha=0.3)
+
+
+def write_plots(out: Path, groups, chosen, methods, regimes, results, pr_regime=None) -> list[Path]:
+    """accuracy_vs_regime.png, map_vs_regime.png, pr_curves.png, training_times.png; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    _plot_vs_regime(ax, groups, chosen, methods, regimes, "accuracy", scale=100)
+    for i, m in enumerate(methods):
+        if m in PAPER_ACCURACY:
+            xs = sorted(PAPER_ACCURACY[m])
+            ax.plot(xs, [PAPER_ACCURACY[m][x] for x in xs], "x--", color=f"C{i}", alpha=0.6,
+                    label=f"{METHOD_NAMES.get(m, m)} (paper)")
+    ax.set_xticks(sorted(set(regimes)))
+    ax.set_ylabel("test accuracy (top-1, %)")
+    ax.set_title("Accuracy vs label regime (mean, 95% CI)")
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, out / "accuracy_vs_regime.png"))
+
+    fig, axes = plt.subplots(1, len(MAP_METRICS), figsize=(15, 4.5), sharey=False)
+    for ax, metric in zip(axes, MAP_METRICS):
+        _plot_vs_regime(ax, groups, chosen, methods, regimes, metric)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} vs label regime")
+    axes[0].legend(fontsize=8)
+    paths.append(_save(fig, out / "map_vs_regime.png"))
+
+    regime = pr_regime if pr_regime is not None else (10.0 if 10.0 in regimes else regimes[0])
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for i, m in enumerate(methods):
+        if (m, regime) not in chosen:
+            continue
+        curves = [r["retrieval"]["pr_curve"] for r in groups[(m, regime, chosen[(m, regime)])]]
+        recall = curves[0]["recall"]
+        prec = np.mean([c["precision"] for c in curves], axis=0)
+        ax.plot(recall, prec, "o-", color=f"C{i}", label=METHOD_NAMES.get(m, m), markersize=3)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("interpolated precision")
+    ax.set_title(f"Precision-recall at {regime:g}% labels (mean over seeds)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, out / "pr_curves.png"))
+
+    times = training_times(results, methods)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    names = [METHOD_NAMES.get(m, m) for m in methods]
+    for ax, key, label in zip(axes, ("epoch_s", "epochs", "total_s"),
+                              ("pre-training epoch (s)", "pre-training epochs", "pre-training total (s)")):
+        ax.bar(names, [0 if math.isnan(times[m][key]) else times[m][key] for m in methods],
+               color=[f"C{i}" for i in range(len(methods))])
+        ax.set_title(label)
+        ax.tick_params(axis="x", rotation=30)
+    paths.append(_save(fig, out / "training_times.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def write_report(out: Path, pr_regime: float | None = None) -> Path:
+    """Regenerate summary.md and the plots of a sweep folder from its results.json."""
+    results = load_results(Path(out))
+    if results is None:
+        raise UserError(f"{out}: no results.json (run `hebbir evaluate ... --out {out}` first)")
+    return write_summary(Path(out), results, pr_regime)

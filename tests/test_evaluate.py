@@ -1,0 +1,155 @@
+"""The evaluation sweep: results.json, resume without retraining, report files, confidence intervals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import retrieval.evaluate as ev
+from hebb.errors import UserError
+from retrieval.cli import main
+from retrieval.report import mean_ci, t_quantile, write_report
+
+
+def test_student_t_interval_matches_known_values():
+    # t_{0.975} quantiles from statistical tables
+    assert t_quantile(0.975, 1) == pytest.approx(12.7062047, rel=1e-6)
+    assert t_quantile(0.975, 2) == pytest.approx(4.3026527, rel=1e-6)
+    assert t_quantile(0.975, 4) == pytest.approx(2.7764451, rel=1e-6)
+    assert t_quantile(0.025, 9) == pytest.approx(-2.2621572, rel=1e-6)
+    # values 1, 2, 3: mean 2, s = 1, half-width = 4.3026527 / sqrt(3)
+    mean, half = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.3026527 / math.sqrt(3), rel=1e-6)
+    mean, half = mean_ci([0.7])
+    assert mean == 0.7 and math.isnan(half)
+
+
+class _Counting:
+    """Fake training stages that count their calls: real networks, no training (seconds, not minutes)."""
+
+    def __init__(self, fail_on_finetune: int | None = None):
+        self.pretrains = 0
+        self.finetunes = 0
+        self.fail_on_finetune = fail_on_finetune
+
+    def pretrain(self, method, train, num_classes, config, seed, device):
+        from hebb.network import build_network
+
+        self.pretrains += 1
+        net = build_network(num_classes=num_classes, rule="random" if method == "random" else "sgd")
+        net.fit_input(train.images)
+        return net, {"epochs": 2, "epoch_time_s": 0.5, "time_s": 1.0}
+
+    def finetune(self, net, labelled, val, layer, config, seed, device):
+        self.finetunes += 1
+        if self.fail_on_finetune == self.finetunes:
+            raise KeyboardInterrupt  # the sweep is interrupted in the middle
+        net.cut(layer)
+        return net.eval(), {"val_acc": 0.1 * layer + 0.01 * seed, "time_s": 0.25, "epochs": 1}
+
+
+@pytest.fixture
+def shared_splits(cifar_splits, monkeypatch):
+    """The sweep reads the session's decoded CIFAR-10 instead of loading it again (seconds per load)."""
+    monkeypatch.setattr("hebb.data.load_splits", lambda *args, **kwargs: cifar_splits)
+    return cifar_splits
+
+
+def test_sweep_resumes_after_interruption_and_extends(cifar_data_dir, shared_splits, tmp_path, monkeypatch):
+    out = tmp_path / "sweep"
+    fake = _Counting(fail_on_finetune=3)
+    monkeypatch.setattr(ev, "pretrain_method", fake.pretrain)
+    monkeypatch.setattr(ev, "finetune_run", fake.finetune)
+    cheap = {"limit": 120, "data_dir": cifar_data_dir, "command": "test", "pooling": "avg", "projection": "none"}
+    config = ev.SweepConfig(out=out, methods=("hpca", "sgd"), regimes=(10, 100), layers=(2,), seeds=(0,), **cheap)
+    with pytest.raises(KeyboardInterrupt):
+        ev.run_sweep(config, progress=False)
+    saved = json.loads((out / "results.json").read_text())
+    assert sorted(saved["runs"]) == ["hpca/r10/l2/s0", "hpca/r100/l2/s0"]   # finished runs survived
+    assert (out / "work" / "pretrain-hpca-s0.pt").is_file()
+
+    fake.fail_on_finetune = None
+    fake.pretrains = fake.finetunes = 0
+    results = ev.run_sweep(config, progress=False)
+    assert len(results["runs"]) == 4
+    assert fake.finetunes == 2                  # only the two sgd runs were left
+    assert fake.pretrains == 0                  # both pre-trained nets came from the work-folder cache
+
+    # widening the sweep (one more seed) reuses everything already done
+    fake.pretrains = fake.finetunes = 0
+    wider = ev.SweepConfig(out=out, methods=("sgd",), regimes=(10, 100), layers=(2,), seeds=(0, 1), **cheap)
+    results = ev.run_sweep(wider, progress=False)
+    assert len(results["runs"]) == 6 and fake.finetunes == 2 and fake.pretrains == 1
+
+    record = results["runs"]["sgd/r10/l2/s1"]
+    assert 10 <= record["labelled"] <= 20       # 10% of 120 training images, at least 1 per class
+    assert results["runs"]["sgd/r100/l2/s1"]["labelled"] == 120
+    assert 0 <= record["accuracy"]["top1"] <= record["accuracy"]["top5"] <= 1
+    r = record["retrieval"]
+    assert 0 < r["map@all"] <= 1 and 0 < r["map@100"] <= 1 and 0 < r["map@R"] <= 1
+    assert r["database"] == r["queries"] == 120
+    assert record["timings"]["pretrain_epochs"] == 2 and record["timings"]["finetune_s"] == 0.25
+
+    # other settings in the same folder are refused instead of being mixed in
+    other = ev.SweepConfig(out=out, methods=("sgd",), regimes=(10,), layers=(2,), seeds=(0,),
+                           **{**cheap, "limit": 60})
+    with pytest.raises(UserError, match="other settings"):
+        ev.run_sweep(other, progress=False)
+
+    summary = write_report(out).read_text()
+    assert "| HPCA |" in summary and "| SGD (scratch) |" in summary
+    assert "*57.35*" in summary and "*39.75*" not in summary   # paper rows only at the regimes we ran
+    assert "*84.38*" in summary
+    assert "±" in summary                                        # sgd has two seeds -> intervals
+    for png in ("accuracy_vs_regime.png", "map_vs_regime.png", "pr_curves.png", "training_times.png"):
+        assert (out / png).stat().st_size > 5000
+
+
+def test_evaluate_command_trains_for_real_then_skips_on_rerun(cifar_data_dir, shared_splits, tmp_path,
+                                                               monkeypatch):
+    _real_sweep_then_rerun("random,sgd", cifar_data_dir, tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
+def test_evaluate_command_with_hebbian_pretraining(cifar_data_dir, shared_splits, tmp_path, monkeypatch):
+    _real_sweep_then_rerun("hpca,swta", cifar_data_dir, tmp_path, monkeypatch)
+
+
+def _real_sweep_then_rerun(methods, cifar_data_dir, tmp_path, monkeypatch):
+    out = tmp_path / "cli"
+    first, second = methods.split(",")
+    argv = ["evaluate", "--methods", methods, "--regimes", "10,100", "--layers", "2", "--seeds", "1",
+            "--pretrain-epochs", "1", "--finetune-epochs", "1", "--limit", "200", "--device", "cpu",
+            "--pooling", "avg", "--projection", "none", "--data-dir", str(cifar_data_dir), "--out", str(out)]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(results["runs"]) == sorted(f"{m}/r{r}/l2/s0" for m in (first, second) for r in (10, 100))
+    for m in (first, second):
+        assert (out / "work" / f"pretrain-{m}-s0.pt").is_file()
+        if m in ev.PRETRAINED_METHODS:
+            stats = results["pretraining"][f"{m}/s0"]
+            assert stats["epochs"] == 1 and stats["time_s"] > 0
+    full = results["runs"][f"{first}/r100/l2/s0"]
+    assert full["labelled"] == 200 and full["timings"]["finetune_epochs"] == 1
+    summary = (out / "summary.md").read_text()
+    assert "CPU" in summary and f"hebbir evaluate --dataset cifar10 --methods {methods} --regimes 10,100" in summary
+    assert (out / "accuracy_vs_regime.png").is_file()
+
+    # a rerun trains nothing: any call to a training stage fails the test
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(ev, "pretrain_method", forbidden)
+    monkeypatch.setattr(ev, "finetune_run", forbidden)
+    assert main(argv) == 0
+    assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+    assert main(["evaluate", "--report-only", "--out", str(out)]) == 0
+
+
+def test_bad_requests_are_one_line_errors(tmp_path, capsys):
+    assert main(["evaluate", "--methods", "hpca,magic", "--out", str(tmp_path)]) == 2
+    assert "magic" in capsys.readouterr().err
+    assert main(["evaluate", "--report-only", "--out", str(tmp_path / "nothing")]) == 2
+    assert "no results.json" in capsys.readouterr().err
