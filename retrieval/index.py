@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -187,24 +188,33 @@ def check_model(manifest: dict, checksum: str, arch: str, where: str = "") -> No
 # ----------------------------------------------------------------------------------------------- faiss
 
 
+def new_faiss_index(factory: str, dim: int, n_vectors: int):
+    """An empty inner-product index for `factory` ("Flat" or any faiss index_factory string).
+
+    Raises a `UserError` for a string faiss rejects, or when a trained type would get too few vectors.
+    """
+    faiss = require_faiss(f"index type {factory}")
+    if factory == "Flat":
+        return faiss.IndexFlatIP(dim)
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+        why = re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", lines[-1] if lines else "rejected")
+        raise UserError(f"bad --factory '{factory}' for {dim}-d vectors: {why}") from None
+    if not index.is_trained:
+        ivf = faiss.try_extract_index_ivf(index) if hasattr(faiss, "try_extract_index_ivf") else None
+        needed = max(getattr(ivf, "nlist", 0) if ivf is not None else 0, 256 if "PQ" in factory else 1)
+        if n_vectors < needed:
+            raise UserError(f"index type '{factory}' needs at least {needed} vectors to train, the collection "
+                            f"has {n_vectors}; use a smaller one (e.g. Flat)")
+    return index
+
+
 def make_faiss_index(vectors: np.ndarray, factory: str = "Flat"):
     """A FAISS inner-product index of `vectors` (ids = row numbers), trained first when the type needs it."""
-    faiss = require_faiss(f"index type {factory}")
-    d = vectors.shape[1]
-    if factory == "Flat":
-        index = faiss.IndexFlatIP(d)
-    else:
-        try:
-            index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "rejected"
-            raise UserError(f"bad --factory '{factory}': {first}") from None
+    index = new_faiss_index(factory, vectors.shape[1], len(vectors))
     if not index.is_trained:
-        nlist = getattr(faiss.extract_index_ivf(index), "nlist", 0) if "IVF" in factory else 0
-        needed = max(nlist, 256 if "PQ" in factory else 1)
-        if len(vectors) < needed:
-            raise UserError(f"index type '{factory}' needs at least {needed} vectors to train, the collection "
-                            f"has {len(vectors)}; use a smaller one (e.g. Flat)")
         sample = vectors
         if len(vectors) > 100_000:
             idx = np.sort(np.random.default_rng(0).choice(len(vectors), 100_000, replace=False))
@@ -242,7 +252,8 @@ def _prepare_workdir(work: Path, key: dict) -> None:
     _write_json(key_file, key)
 
 
-def _fit_projection(ext: FeatureExtractor, source: ImageSource, work: Path | None) -> None:
+def _fit_projection(ext: FeatureExtractor, source: ImageSource, work: Path | None,
+                    fit_samples: int = FIT_SAMPLES) -> None:
     if not ext.needs_fit:
         return
     proj_file = work / PROJECTION_FILE if work else None
@@ -251,10 +262,10 @@ def _fit_projection(ext: FeatureExtractor, source: ImageSource, work: Path | Non
             ext.state = {k: torch.from_numpy(z[k]).to(ext.device) for k in z.files}
         return
     positions = list(range(len(source)))
-    if len(positions) > FIT_SAMPLES:
-        positions = np.sort(np.random.default_rng(0).choice(len(positions), FIT_SAMPLES, replace=False)).tolist()
+    if len(positions) > fit_samples:
+        positions = np.sort(np.random.default_rng(0).choice(len(positions), fit_samples, replace=False)).tolist()
     images = read_chunk(source, positions, ext.side).images
-    ext.fit(images, max_samples=FIT_SAMPLES)
+    ext.fit(images, max_samples=fit_samples)
     if proj_file is not None:
         _save_npz(proj_file, **ext.state_arrays())
 
@@ -339,13 +350,15 @@ def _copy_model(model: Path, dest_dir: Path) -> str:
 def build_index(model, images, out, layer: int | None = None, pooling: str | None = None, dim: int | None = None,
                 factory: str = "Flat", device="auto", batch_size: int = 256, progress: bool = True,
                 projection: str | None = None, data_dir=None, force: bool = False,
-                chunk_size: int = CHUNK_SIZE) -> dict:
+                chunk_size: int = CHUNK_SIZE, fit_samples: int = FIT_SAMPLES) -> dict:
     """Build the index directory `out` from the images of `images` with features of checkpoint `model`.
 
-    `images` is an image folder or a dataset `NAME[:train|val|test]` of the data directory; `layer` defaults
+    `images` is an image folder, a dataset `NAME[:train|val|test]` of the data directory, or an already
+    listed `retrieval.sources.ImageSource` (e.g. a subset); `layer` defaults
     to the layer a fine-tuned model was cut at (else 3); pooling/projection/dim default per layer
     (`retrieval.features.DEFAULTS`). `factory` is "Flat" (exact) or any faiss `index_factory` string.
-    An existing index at `out` is replaced only with `force`. Returns the manifest.
+    The PCA is fitted on a seeded sample of `fit_samples` images. An existing index at `out` is replaced
+    only with `force`. Returns the manifest.
     """
     t_start = time.perf_counter()
     out, model = Path(out), Path(model)
@@ -362,14 +375,16 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
         layer = default_layer(net, meta)
     ext = FeatureExtractor(net, layer, pooling=pooling or "auto", dim=dim, projection=projection or "auto",
                            device=device, batch_size=batch_size, progress=False)
-    source = open_source(images, data_dir, size=ext.side)
+    source = images if isinstance(images, ImageSource) else open_source(images, data_dir, size=ext.side)
+    if factory != "Flat":
+        new_faiss_index(factory, ext.dim, len(source))  # a bad factory string fails now, not after extraction
     out.parent.mkdir(parents=True, exist_ok=True)
     work = _partial_path(out)
     key = {"listing": _listing_digest(source), "model_checksum": checksum, "features": ext.config(),
            "requested": {"pooling": pooling, "projection": projection, "dim": dim},
-           "chunk_size": chunk_size, "format_version": FORMAT_VERSION}
+           "chunk_size": chunk_size, "fit_samples": fit_samples, "format_version": FORMAT_VERSION}
     _prepare_workdir(work, key)
-    _fit_projection(ext, source, work)
+    _fit_projection(ext, source, work, fit_samples)
     chunks, spent, processed = _extract_chunks(source, ext, work, set(), chunk_size, progress)
     vectors, positions, hashes, skipped, duplicates = _collect(chunks, source, {})
     if len(vectors) == 0:
@@ -452,7 +467,7 @@ def add_to_index(index_dir, images, device="auto", progress: bool = True, data_d
         with np.load(index_dir / PROJECTION_FILE) as z:
             state = {k: z[k] for k in z.files}
     ext = FeatureExtractor.from_config(net, manifest["features"], state, device=device, batch_size=batch_size)
-    source = open_source(images, data_dir, size=ext.side)
+    source = images if isinstance(images, ImageSource) else open_source(images, data_dir, size=ext.side)
     with ItemStore(index_dir / ITEMS_FILE) as store:
         known = store.known_hashes()
         next_id = store.next_id()

@@ -50,7 +50,7 @@ class TorchBackend:
 
     def __init__(self, vectors: np.ndarray, device="cpu", query_block: int = 1024):
         self.device = torch.device(device)
-        self.db = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
+        self.db = torch.from_numpy(np.array(vectors, dtype=np.float32)).to(self.device)  # copy: memmaps are read-only
         self.query_block = query_block
 
     def __len__(self) -> int:
@@ -63,7 +63,7 @@ class TorchBackend:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, len(self))
         scores, ids = [], []
-        q_all = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        q_all = torch.from_numpy(np.array(queries, dtype=np.float32))  # a copy: memmaps are read-only
         for s in range(0, len(q_all), self.query_block):
             sims = q_all[s:s + self.query_block].to(self.device) @ self.db.T
             top = torch.topk(sims, k, dim=1)

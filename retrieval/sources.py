@@ -42,6 +42,14 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def subset(self, positions, note: str | None = None) -> "ImageSource":
+        """Only the images at `positions` (e.g. a sample of a big dataset)."""
+        positions = [int(i) for i in positions]
+        cached = self.cached[torch.as_tensor(positions, dtype=torch.long)] if self.cached is not None else None
+        spec = f"{self.spec} ({note or f'{len(positions)} of {len(self)}'})"
+        return ImageSource(spec, self.kind, [self.paths[i] for i in positions], [self.labels[i] for i in positions],
+                           cached, self.skipped)
+
 
 @dataclass
 class Chunk:

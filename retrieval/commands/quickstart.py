@@ -1,0 +1,56 @@
+"""`hebbir quickstart`: data -> HPCA model -> 10% fine-tuning -> index of CIFAR-10, ready for `hebbir app`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from retrieval.commands.common import add_data_dir, add_device, add_seed, positive_int
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from retrieval.quickstart import CPU_CONFIG, DEFAULT_CHECKPOINTS, DEFAULT_OUT, GPU_CONFIG
+
+    p = sub.add_parser(
+        "quickstart", help="CIFAR-10 -> HPCA model -> 10%% fine-tuning -> index, ready for the app",
+        description=(
+            "The embedded default: import CIFAR-10 (from $HEBBIR_CIFAR10_ARCHIVE, ../shared/datasets/"
+            "cifar10-jpg.tar.gz, or the internet), pre-train the 6-layer network with HPCA (no labels), "
+            "fine-tune it at layer 5 on 10%% of the labels, and index the 40,000-image training split. "
+            f"On a GPU: pre-training on all images for {GPU_CONFIG['pretrain_epochs']} epochs, "
+            f"{GPU_CONFIG['finetune_epochs']} fine-tuning epochs. On a CPU (smaller, to finish in about "
+            f"15 minutes on 2 cores): pre-training on {CPU_CONFIG['pretrain_images']:,} images for "
+            f"{CPU_CONFIG['pretrain_epochs']} epoch, {CPU_CONFIG['finetune_epochs']} fine-tuning epochs, "
+            f"validation on {CPU_CONFIG['val_images']:,} images. Rerunning reuses what exists."),
+        epilog="then: hebbir app")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"index directory (default {DEFAULT_OUT})")
+    p.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS,
+                   help=f"folder for the two model checkpoints (default {DEFAULT_CHECKPOINTS})")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="at most this many images per stage (a quick look, or tests)")
+    p.add_argument("--pretrain-images", type=positive_int, default=None,
+                   help="override: training images HPCA learns from")
+    p.add_argument("--pretrain-epochs", type=positive_int, default=None, help="override: pre-training epochs")
+    p.add_argument("--finetune-epochs", type=positive_int, default=None, help="override: fine-tuning epochs")
+    p.add_argument("--force", action="store_true", help="redo every step even if its result exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device(p)
+    add_seed(p)
+    add_data_dir(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from retrieval.quickstart import quickstart
+
+    try:
+        quickstart(out=args.out, checkpoints=args.checkpoints, data_dir=args.data_dir, device=args.device,
+                   seed=args.seed, limit=args.limit, pretrain_images=args.pretrain_images,
+                   pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.finetune_epochs, force=args.force,
+                   progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("hebbir: interrupted; rerun hebbir quickstart to continue (finished steps are reused)",
+              file=sys.stderr)
+        return 130
+    return 0
