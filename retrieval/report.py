@@ -257,7 +257,10 @@ def write_summary(out: Path, results: dict, pr_regime: float | None = None) -> P
     methods = _ordered_methods(runs)
     regimes = sorted({float(r["regime"]) for r in runs})
     seeds = sorted({int(r["seed"]) for r in runs})
-    plots = write_plots(out, groups, chosen, methods, regimes, results, pr_regime)
+    try:
+        plots = write_plots(out, groups, chosen, methods, regimes, results, pr_regime)
+    except ImportError:  # a training machine without matplotlib: tables now, plots with --report-only later
+        plots = []
 
     sessions = results.get("sessions", [])
     devices = sorted({s.get("device", "?") for s in sessions} | {r.get("device", "?") for r in runs})
@@ -288,7 +291,9 @@ def write_summary(out: Path, results: dict, pr_regime: float | None = None) -> P
               "total includes fitting the input normalisation / ZCA) and fine-tuning, on the device(s) above. Paper: its Table 1 (FastHebb implementations for HPCA and "
               "soft-WTA; RTX 3060), epochs counted until the network stops improving.", "",
               _time_section(results, methods), ""]
-    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    lines += ["## Plots", ""] + ([f"![{p.stem}]({p.name})" for p in plots] or
+                                 ["(matplotlib is not installed here: run `hebbir evaluate --report-only` "
+                                  "where it is)"]) + [""]
     path = out / SUMMARY_FILE
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines))
@@ -310,19 +315,28 @@ def _regime_series(groups, chosen, method, regimes, metric):
     return np.array(xs), np.array(means), np.array(halves)
 
 
-def _plot_vs_regime(ax, groups, chosen, methods, regimes, metric, scale=1.0):
+def _plot_vs_regime(ax, groups, chosen, methods, regimes, metric, scale=1.0, upper=1.0):
     for i, m in enumerate(methods):
         xs, mean, half = _regime_series(groups, chosen, m, regimes, metric)
         if not len(xs):
             continue
         color = f"C{i}"
         ax.plot(xs, mean * scale, "o-", color=color, label=METHOD_NAMES.get(m, m))
-        ax.fill_between(xs, (mean - half) * scale, (mean + half) * scale, color=color, alpha=0.2)
+        # the band is the CI of the mean; clipped to the metric's range, which the mean cannot leave
+        ax.fill_between(xs, np.clip(mean - half, 0, upper) * scale, np.clip(mean + half, 0, upper) * scale,
+                        color=color, alpha=0.2)
     ax.set_xscale("log")
-    ax.set_xticks(regimes)
-    ax.set_xticklabels([f"{r:g}" for r in regimes])
+    _regime_ticks(ax, regimes)
     ax.set_xlabel("labelled images (% of the training split)")
     ax.grid(True, alpha=0.3)
+
+
+def _regime_ticks(ax, regimes) -> None:
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xticks(list(regimes))
+    ax.set_xticklabels([f"{r:g}" for r in regimes])
+    ax.xaxis.set_minor_locator(NullLocator())
 
 
 def write_plots(out: Path, groups, chosen, methods, regimes, results, pr_regime=None) -> list[Path]:
@@ -340,7 +354,7 @@ def write_plots(out: Path, groups, chosen, methods, regimes, results, pr_regime=
             xs = sorted(PAPER_ACCURACY[m])
             ax.plot(xs, [PAPER_ACCURACY[m][x] for x in xs], "x--", color=f"C{i}", alpha=0.6,
                     label=f"{METHOD_NAMES.get(m, m)} (paper)")
-    ax.set_xticks(sorted(set(regimes)))
+    _regime_ticks(ax, sorted(set(regimes) | {float(r) for m in methods for r in PAPER_ACCURACY.get(m, {})}))
     ax.set_ylabel("test accuracy (top-1, %)")
     ax.set_title("Accuracy vs label regime (mean, 95% CI)")
     ax.legend(fontsize=8)
@@ -373,14 +387,25 @@ def write_plots(out: Path, groups, chosen, methods, regimes, results, pr_regime=
     paths.append(_save(fig, out / "pr_curves.png"))
 
     times = training_times(results, methods)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     names = [METHOD_NAMES.get(m, m) for m in methods]
-    for ax, key, label in zip(axes, ("epoch_s", "epochs", "total_s"),
-                              ("pre-training epoch (s)", "pre-training epochs", "pre-training total (s)")):
-        ax.bar(names, [0 if math.isnan(times[m][key]) else times[m][key] for m in methods],
-               color=[f"C{i}" for i in range(len(methods))])
+    x = np.arange(len(methods))
+    panels = (("epoch_s", "pre-training epoch (s)"), ("epochs", "pre-training epochs"),
+              ("total_s", "pre-training total (s)"), ("finetune_s", "fine-tuning per run (s)"))
+    for ax, (key, label) in zip(axes, panels):
+        ours = [0 if math.isnan(times[m][key]) else times[m][key] for m in methods]
+        paper = [PAPER_TRAINING_TIME.get(m, {}).get(key, math.nan) for m in methods]
+        has_paper = any(not math.isnan(v) for v in paper)
+        width = 0.4 if has_paper else 0.8
+        ax.bar(x - (width / 2 if has_paper else 0), ours, width, color=[f"C{i}" for i in range(len(methods))],
+               label="this run")
+        if has_paper:
+            ax.bar(x + width / 2, [0 if math.isnan(v) else v for v in paper], width, color="white",
+                   edgecolor=[f"C{i}" for i in range(len(methods))], hatch="//", label="paper (RTX 3060)")
+            ax.legend(fontsize=7)
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=30)
         ax.set_title(label)
-        ax.tick_params(axis="x", rotation=30)
     paths.append(_save(fig, out / "training_times.png"))
     return paths
 
