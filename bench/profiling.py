@@ -1,0 +1,48 @@
+"""torch.profiler over a few pre-training steps: which operators the time goes to."""
+
+from __future__ import annotations
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench import flops
+from hebb.data import to_float
+from hebb.network import build_network
+
+
+def pretrain_step_profile(rule: str, device: torch.device, steps: int = 3, top: int = 12) -> dict:
+    """Top operators by self time over `steps` Hebbian pre-training steps of batch 64 (after one warm-up)."""
+    torch.manual_seed(0)
+    net = build_network(rule=rule).to(device).train()
+    net.set_hebbian_learning(True)
+    opt = torch.optim.SGD([conv.weight for _, conv in net.hebbian_modules()], lr=1e-3)
+    images = torch.randint(0, 256, (flops.BATCH * (steps + 1), 3, 32, 32), dtype=torch.uint8, device=device)
+
+    def step(i):
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            net.features(to_float(images[i * flops.BATCH:(i + 1) * flops.BATCH], device))
+        opt.step()
+
+    step(0)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for i in range(1, steps + 1):
+            step(i)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = prof.key_averages()
+    total = sum(getattr(e, key, 0) for e in events) or 1
+    rows = sorted(events, key=lambda e: getattr(e, key, 0), reverse=True)[:top]
+    return {"rule": rule, "steps": steps, "sort_key": key, "total_ms_per_step": total / 1e3 / steps,
+            "top_ops": [{"op": e.key, "calls_per_step": e.count / steps,
+                         "ms_per_step": getattr(e, key, 0) / 1e3 / steps,
+                         "share": getattr(e, key, 0) / total} for e in rows]}
+
+
+def format_profile(p: dict) -> str:
+    lines = [f"profile {p['rule']}: {p['total_ms_per_step']:.1f} ms/step ({p['sort_key']})"]
+    for r in p["top_ops"]:
+        lines.append(f"  {r['share']:6.1%} {r['ms_per_step']:9.2f} ms {r['calls_per_step']:7.1f} calls  {r['op']}")
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""Pre-training epoch and fine-tuning run, each against a straightforward loop on the same images.
+
+    pretrain   hebb.pretrain.pretrain, one epoch over n images (batch 64, lr 1e-3), input fitting left out
+    unfused    the FastHebb-style loop: per layer unfold the input, compute the outputs from the patch rows,
+               apply the plain matrix rule (HPCA: tril(YᵀY)·W), then SGD on all layers
+    finetune   hebb.finetune.finetune, end to end at layer 5, with validation every epoch
+    plain      the same net, epochs and optimiser in a bare loop (no validation, no early stopping)
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+import torch
+import torch.nn.functional as F
+
+from bench import flops
+from bench.rules import UNFUSED, unfold_rows
+from bench.timing import sync, wall_time
+from hebb.data import ArraySet, to_float
+from hebb.network import build_network
+
+
+def _accepted(fn, **kwargs) -> dict:
+    """The subset of kwargs that `fn` accepts (the training functions grow options over time)."""
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _pretrain(net, images, device, seed=0):
+    from hebb.pretrain import pretrain
+
+    extra = _accepted(pretrain, fit_input=False, bn_calibration_images=256)
+    return pretrain(net, images, epochs=1, batch_size=flops.BATCH, lr=1e-3, device=device, seed=seed,
+                    progress=False, **extra)
+
+
+@torch.no_grad()
+def unfused_epoch(net, images: torch.Tensor, device: torch.device, batch_size: int = flops.BATCH,
+                  lr: float = 1e-3, seed: int = 0) -> None:
+    """One pre-training epoch the straightforward way (unfold per layer + the plain matrix rule)."""
+    net.train()
+    rule = net.rule
+    order = torch.randperm(len(images), generator=torch.Generator(device=device).manual_seed(seed), device=device)
+    for start in range(0, len(images), batch_size):
+        idx = order[start:start + batch_size]
+        if len(idx) < 2:
+            continue
+        x = net.preprocess(to_float(images[idx], device))
+        deltas = []
+        for block in net.layers:
+            conv = block.conv
+            m, k = conv.weight.shape[0], conv.kernel_size
+            w2 = conv.weight.reshape(m, -1)
+            rows = unfold_rows(x, k)
+            deltas.append(UNFUSED[rule](rows, w2))
+            w_used = w2 if rule == "hpca" else F.normalize(w2, dim=1)
+            side = x.shape[-1] - k + 1
+            y = torch.relu(rows @ w_used.T).reshape(x.shape[0], side, side, m).permute(0, 3, 1, 2)
+            if block.pool:
+                y = F.max_pool2d(y, 2)
+            x = block.bn(y)
+        for block, dw in zip(net.layers, deltas):
+            block.conv.weight.add_(dw.reshape_as(block.conv.weight), alpha=lr)
+    sync(device)
+
+
+def pretrain_epoch(rule: str, images: torch.Tensor, device: torch.device, repeats: int = 1,
+                   warmup_images: int = 256, baseline: bool = True) -> dict:
+    """Seconds of one epoch of `pretrain` over `images` (median of `repeats`), and of the unfused loop."""
+    torch.manual_seed(0)
+    proto = build_network(rule=rule).to(device)
+    images = images.to(device)
+    n = len(images)
+    _pretrain(copy.deepcopy(proto), images[:warmup_images], device)  # warm-up: allocator, kernels, threads
+    epochs = []
+    for _ in range(repeats):
+        stats = _pretrain(copy.deepcopy(proto), images, device)
+        epochs.append(stats["epoch_times_s"][0])
+    epochs.sort()
+    epoch_s = epochs[len(epochs) // 2]
+    out = {"rule": rule, "n_images": n, "batch": flops.BATCH, "epoch_s": epoch_s, "epoch_s_all": epochs,
+           "images_per_s": n / epoch_s, "time_s_with_bn_recalibration": stats["time_s"]}
+    if baseline:
+        unfused_epoch(copy.deepcopy(proto), images[:warmup_images], device)
+        t, _ = wall_time(lambda: unfused_epoch(copy.deepcopy(proto), images, device), device)
+        out.update(unfused_epoch_s=t, unfused_images_per_s=n / t, speedup_vs_unfused=t / epoch_s)
+    return out
+
+
+def plain_finetune(net, train: ArraySet, device: torch.device, epochs: int, batch_size: int = 64,
+                   lr: float = 1e-3, weight_decay: float = 5e-2, seed: int = 0) -> None:
+    """The bare loop: SGD Nesterov 0.9, cross-entropy, no validation, no early stopping."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    images, labels = train.images.to(device), train.labels.to(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(images), generator=gen, device=device)
+        for start in range(0, len(images), batch_size):
+            idx = order[start:start + batch_size]
+            if len(idx) < 2:
+                continue
+            loss = F.cross_entropy(net(to_float(images[idx], device)), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    sync(device)
+
+
+def finetune_run(train: ArraySet, val: ArraySet, device: torch.device, epochs: int, layer: int = 5,
+                 baseline: bool = True) -> dict:
+    """Wall seconds of one `finetune` call (HPCA-initialised net, cut at `layer`) and of the bare loop."""
+    from hebb.finetune import finetune
+
+    torch.manual_seed(0)
+    proto = build_network(rule="hpca").to(device).cut(layer, len(train.classes))
+    warm = ArraySet(train.images[:128], train.labels[:128], train.paths[:128], train.classes)
+    finetune(copy.deepcopy(proto), warm, None, layer=layer, epochs=1, device=device, progress=False)
+    t, (_, stats) = wall_time(lambda: finetune(copy.deepcopy(proto), train, val, layer=layer, epochs=epochs,
+                                               device=device, progress=False), device)
+    out = {"config": {"train_images": len(train), "val_images": len(val), "epochs": epochs, "layer": layer,
+                      "batch": 64, "init": "hpca (untrained weights)"},
+           "run_s": t, "epoch_times_s": stats.get("epoch_times_s"),
+           "train_images_per_s": len(train) * epochs / t}
+    if baseline:
+        plain_finetune(copy.deepcopy(proto), warm, device, 1)
+        tp, _ = wall_time(lambda: plain_finetune(copy.deepcopy(proto), train, device, epochs), device)
+        out.update(plain_loop_s=tp, overhead_vs_plain=t / tp)
+    return out

@@ -1,0 +1,78 @@
+"""The benchmark: work counts against hand-computed values, and the JSON that bench/run.py writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import flops
+
+REPO = Path(__file__).resolve().parent.parent
+REQUIRED_FIELDS = ("device", "date", "command", "git_commit", "load", "metrics")
+REQUIRED_METRICS = ("hpca_epoch_s", "swta_epoch_s", "finetune_run_s", "extract_img_per_s", "search_qps")
+
+
+def test_layer_shapes_follow_the_design_table():
+    shapes = flops.layer_shapes()
+    assert [(s.in_channels, s.in_side, s.kernel, s.neurons, s.out_side) for s in shapes] == [
+        (3, 32, 5, 96, 14), (96, 14, 3, 128, 12), (128, 12, 3, 192, 5), (192, 5, 3, 256, 3), (256, 3, 3, 4096, 1)]
+
+
+def test_layer_two_counts_by_hand():
+    # layer 2, batch 64: 12x12 outputs -> N = 64*144 = 9216 rows, D = 96*9 = 864, M = 128
+    w = flops.layer_work(flops.layer_shapes()[1], batch=64)
+    n, d, m = 9216, 864, 128
+    assert (w["N"], w["D"], w["M"]) == (n, d, m)
+    assert w["forward_macs"] == 1_019_215_872 == n * m * d
+    assert w["hpca_reference_macs"] == n * m * d + n * m * m + m * m * d == 1_184_366_592
+    assert w["swta_macs"] == n * m * d + n * d
+    assert w["unfold_bytes"] == 4 * 2 * n * d
+    assert w["min_bytes"] == 4 * (64 * 96 * 14 * 14 + 64 * 128 * 12 * 12 + 2 * m * d)
+
+
+def test_fully_connected_layer_hpca_reference_is_the_39_gmac_of_the_design():
+    w = flops.layer_work(flops.layer_shapes()[4], batch=64)
+    assert w["N"] == 64 and w["unfold_bytes"] == 0
+    assert 4096 * 4096 * 2304 == 38_654_705_664  # tril(YᵀY)·W alone, DESIGN §9 "about 39 GMAC"
+    assert w["hpca_reference_macs"] == 64 * 4096 * 2304 + 64 * 4096 ** 2 + 4096 ** 2 * 2304
+    assert w["hpca_fast_macs"] < w["hpca_reference_macs"] / 10  # the blocked form on this shape
+    total = flops.network_work()["totals"]["hpca_reference_step_tflop_per_epoch"]
+    assert 55 < total < 65  # DESIGN §9: about 60 TFLOP per epoch
+
+
+def _run_bench(tmp_path: Path, *extra: str) -> dict:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--device", "cpu",
+                           "--out-dir", str(tmp_path), *extra], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = list(tmp_path.glob("*.json"))
+    assert len(files) == 1
+    result = json.loads(files[0].read_text())
+    for field in REQUIRED_FIELDS:
+        assert field in result
+    for key in REQUIRED_METRICS:
+        assert key in result["metrics"]
+    assert "search_qps" in proc.stdout
+    return result
+
+
+def test_quick_run_writes_the_json(tmp_path):
+    # the cheap sections only (the Hebbian ones cost seconds per step on a 2-core CPU: see the slow test)
+    result = _run_bench(tmp_path, "--sections", "limits,search,decode")
+    m = result["metrics"]
+    assert m["matmul_gflops"] > 0 and m["copy_gbs"] > 0
+    assert m["search_qps"] > 0 and m["decode_img_per_s"] > 0
+    assert m["hpca_epoch_s"] is None  # not run, but present
+
+
+@pytest.mark.slow
+def test_full_quick_run(tmp_path):
+    result = _run_bench(tmp_path)
+    m = result["metrics"]
+    for key in REQUIRED_METRICS:
+        assert m[key] is not None and m[key] > 0
+    assert m["rules_fast_equal_reference"] is True
