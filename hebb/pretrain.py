@@ -122,7 +122,7 @@ def pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 1, batch_size: in
                 for p, g in zip(params, good):
                     p.data.copy_(g)
                 raise UserError(f"pre-training diverged: layer {bad} weights became non-finite in epoch {epoch} "
-                                f"(lr {lr}); the weights of epoch {epoch - 1} are kept; try a smaller --lr")
+                                f"(lr {lr}); the weights before that epoch are kept; try a smaller --lr")
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             stats["epoch_times_s"].append(round(time.perf_counter() - t0, 3))
