@@ -25,6 +25,7 @@ def open_handle(index_dir: str, version: float):
     """The opened index (model included), shared read-only by all sessions; `version` reloads a rebuilt one."""
     from retrieval.search import open_index
 
+    appkit.one_thread_per_query()
     return open_index(index_dir)
 
 
@@ -81,7 +82,7 @@ def unpin() -> None:
 def no_index_message(root: Path) -> None:
     st.info(
         f"**No index yet** in `{root}`.  \n"
-        "Build the default one (CIFAR-10, a Hebbian model, about ten minutes on a laptop) with\n\n"
+        "Build the default one (CIFAR-10 and a Hebbian model, end to end) with\n\n"
         "    hebbir quickstart\n\n"
         "or index your own images with a trained model:\n\n"
         f"    hebbir index build --model CKPT --images DIR --out {root}/NAME\n\n"

@@ -21,6 +21,18 @@ RESULT = re.compile(r"^\*\*#(\d+)\*\* · `(-?[0-9.]+)`")
 TIMEOUT = 120  # first run imports torch and opens the index on a busy 2-core machine
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_thread_counts():
+    """The page runs torch and faiss on one thread; the rest of the suite must get its threads back."""
+    import faiss
+    import torch
+
+    threads, omp = torch.get_num_threads(), faiss.omp_get_max_threads()
+    yield
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(omp)
+
+
 @pytest.fixture(scope="module")
 def index_root(tmp_path_factory, cifar_data_dir) -> Path:
     return build_tiny_index(tmp_path_factory.mktemp("app"), cifar_data_dir)

@@ -108,6 +108,7 @@ def all_images_loaded(page) -> None:
 def test_upload_shows_k_results_and_a_result_can_be_searched_with(server, page):
     url, index_root = server
     page.set_default_timeout(60_000)
+    sync_api.expect.set_options(timeout=60_000)  # a busy CI machine can take seconds per rerun
     page.goto(url)
     slider = page.get_by_role("slider")
     slider.wait_for()
