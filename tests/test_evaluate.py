@@ -153,3 +153,37 @@ def test_bad_requests_are_one_line_errors(tmp_path, capsys):
     assert "magic" in capsys.readouterr().err
     assert main(["evaluate", "--report-only", "--out", str(tmp_path / "nothing")]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def _record(method, regime, layer, seed, top1, map100, val):
+    return {"method": method, "regime": regime, "layer": layer, "seed": seed, "labelled": 40,
+            "accuracy": {"top1": top1, "top5": 0.9}, "val_accuracy": val,
+            "retrieval": {"map@100": map100, "map@R": map100 / 2, "map@all": map100 / 3,
+                          "pr_curve": {"recall": [0.0, 1.0], "precision": [1.0, 0.1]}},
+            "timings": {"finetune_s": 2.0}, "device": "test device", "finished": "2026-01-01T00:00:00+00:00"}
+
+
+def test_report_tables_hold_mean_and_interval_per_chosen_layer(tmp_path, monkeypatch):
+    runs = {}
+    for seed, top1 in enumerate((0.5, 0.6, 0.7)):
+        runs[f"hpca/r1/l5/s{seed}"] = _record("hpca", 1.0, 5, seed, top1, 0.3, val=0.6)
+        # layer 3 validates worse: the tables must show layer 5, the layer table both
+        runs[f"hpca/r1/l3/s{seed}"] = _record("hpca", 1.0, 3, seed, 0.2, 0.1, val=0.2)
+    ev.write_results(tmp_path, {"format": ev.RESULTS_FORMAT, "version": 1, "settings": {"dataset": "cifar10"},
+                                "created": "2026-01-01T00:00:00+00:00", "sessions": [],
+                                "pretraining": {"hpca/s0": {"epochs": 3, "epoch_time_s": 20.0, "time_s": 60.0}},
+                                "runs": runs})
+
+    def no_matplotlib(*args, **kwargs):
+        raise ImportError("matplotlib")
+
+    monkeypatch.setattr("retrieval.report.write_plots", no_matplotlib)
+    summary = write_report(tmp_path).read_text()
+    accuracy = summary.split("## Test accuracy")[1].split("## Retrieval")[0]
+    half = 4.3026527 * 10 / math.sqrt(3)        # s = 10 points over 3 seeds
+    assert f"| HPCA | 60.00 ± {half:.2f} |" in accuracy
+    assert "| *HPCA (paper)* | *39.75* |" in accuracy
+    assert "| HPCA | 0.300 ± 0.000 |" in summary                  # mAP@100 at layer 5, not layer 3
+    assert "| HPCA | 1% | 20.0 ± 0.0 / 0.100 ± 0.000 | 60.0 ± " in summary   # layer table: 3 then 5
+    assert "| HPCA | 20.0 s | 3 | 1m 0s |" in summary               # Table-1 style timings
+    assert "matplotlib is not installed" in summary
