@@ -93,7 +93,7 @@ def no_index_message(root: Path) -> None:
 
 def show_hits(hits, index_name: str, key: str) -> None:
     """The result grid: thumbnail, rank, score, label, file name, and a button to search with it."""
-    grid = st.grid("auto", min_column_width=140, gap="small", border=True)
+    grid = st.grid("auto", min_column_width=120, gap="small", border=True)
     for hit in hits:
         with grid.cell():
             thumb = result_thumbnail(hit.path)

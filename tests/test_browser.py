@@ -101,6 +101,8 @@ def page(server):
 
 
 def all_images_loaded(page) -> None:
+    """Wait for the script run to end (the running indicator goes away) and every image to be decoded."""
+    page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")
     page.wait_for_function("() => [...document.querySelectorAll('[role=tabpanel] img')]"
                            ".every(i => i.complete && i.naturalWidth > 0)")
 
