@@ -4,6 +4,7 @@
     rules      hebb.rules.*_delta on the unfolded patches (fast rule, patches materialised)
     unfused    unfold + the plain matrix form (HPCA: tril(YᵀY)·W, as the FastHebb code)
     reference  hebb.rules.*_delta_reference: the per-sample loop written from the formula
+    candidate_prefix  (HPCA, fully connected layer only) bench.candidates.hpca_prefix, a proposed faster form
 
 All four include computing the neuron outputs from x, so they do the same job. Every variant's result is
 compared with the reference (float32) and `fast` also with the fast path run in float64.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bench import flops
+from bench import candidates, flops
 from bench.timing import time_fn
 from hebb import rules
 from hebb.layers import HebbConv2d
@@ -81,6 +82,7 @@ def _variants(rule: str, layer: HebbConv2d, x: torch.Tensor, names) -> dict:
         "rules": lambda: RULES_FAST[rule](unfold_rows(x, k), w2),
         "unfused": lambda: UNFUSED[rule](unfold_rows(x, k), w2),
         "reference": lambda: REFERENCE[rule](unfold_rows(x, k), w2),
+        "candidate_prefix": lambda: candidates.hpca_prefix(unfold_rows(x, k), w2),
     }
     return {name: all_[name] for name in names}
 
@@ -107,7 +109,8 @@ def bench_case(rule: str, layer_index: int, batch: int, device: torch.device, re
     torch.manual_seed(layer_index)
     layer = HebbConv2d(shape.in_channels, shape.neurons, shape.kernel, rule=rule).to(device)
     x = _inputs(shape, batch, device, 1000 + layer_index)
-    names = ["fast", "rules", "unfused"] + (["reference"] if ref_batch == batch else [])
+    candidate = ["candidate_prefix"] if rule == "hpca" and shape.conv_side == 1 else []
+    names = ["fast", "rules", "unfused"] + candidate + (["reference"] if ref_batch == batch else [])
     times, results = _time_all(_variants(rule, layer, x, names), device, repeats)
     work = flops.layer_work(shape, batch, device.type)
     update = {"hpca": work["hpca_fast_macs"], "swta": work["swta_macs"], "wta": work["wta_macs"]}[rule]
@@ -123,13 +126,13 @@ def bench_case(rule: str, layer_index: int, batch: int, device: torch.device, re
                                              layer64.hebbian_delta(x.double()).reshape(shape.neurons, -1))
     if ref_batch != batch:
         xr = _inputs(shape, ref_batch, device, 2000 + layer_index)
-        ref_times, ref_results = _time_all(_variants(rule, layer, xr, ["fast", "rules", "unfused", "reference"]),
-                                           device, repeats)
+        ref_times, ref_results = _time_all(_variants(rule, layer, xr, ["fast", "rules", "unfused"] + candidate
+                                                     + ["reference"]), device, repeats)
         out["ref_check"] = {"batch": ref_batch, "times_s": ref_times}
     else:
         ref_times, ref_results = times, results
     out["rel_err_vs_reference"] = {name: rel_err(ref_results[name], ref_results["reference"])
-                                   for name in ("fast", "rules", "unfused")}
+                                   for name in ref_results if name != "reference"}
     out["fast_equals_reference"] = out["rel_err_vs_reference"]["fast"] < 1e-4
     out["speedup_vs_reference"] = ref_times["reference"] / ref_times["fast"]
     out["reference_batch"] = ref_batch

@@ -50,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     p.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--git-commit", default=None,
+                   help="commit to record when the tree has no .git (e.g. a copy on the device machine)")
     return p.parse_args(argv)
 
 
@@ -264,7 +266,8 @@ def format_summary(result: dict) -> str:
         row(f"rule {c['rule']} L{c['layer']} B{c['batch']}", t["fast"], t["unfused"], c["speedup_vs_unfused"],
             c.get("fast_fraction_of_matmul"),
             f"rules-on-unfold {f(t['rules'])} s; {f(c['speedup_vs_reference'])}x vs per-sample reference "
-            f"(B{c['reference_batch']}); err {f(c['rel_err_vs_reference']['fast'], '.1e')}")
+            f"(B{c['reference_batch']}); err {f(c['rel_err_vs_reference']['fast'], '.1e')}"
+            + (f"; candidate prefix {f(t['candidate_prefix'])} s" if "candidate_prefix" in t else ""))
     for p in d.get("profile", []):
         lines.append(profiling.format_profile(p))
     for name, err in d.get("errors", {}).items():
@@ -286,7 +289,7 @@ def main(argv=None) -> int:
     result = {"device": timing.device_name(device), "device_type": device.type,
               "date": now.isoformat(timespec="seconds"),
               "command": " ".join(["python", "bench/run.py"] + (sys.argv[1:] if argv is None else list(argv))),
-              "git_commit": timing.git_commit(str(REPO)), "load": timing.load_average(),
+              "git_commit": timing.git_commit(str(REPO)) or args.git_commit, "load": timing.load_average(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": args.quick,
               "sizes": sz, "metrics": {}, "details": {}}
     started = time.perf_counter()
