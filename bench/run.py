@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -30,6 +31,7 @@ import torch  # noqa: E402
 from bench import flops, profiling, rules as rule_bench, serving, timing, training  # noqa: E402
 
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
+TEMP_DIRS: list[Path] = []  # removed when the run ends
 SECTIONS = ("limits", "rules", "pretrain", "finetune", "extract", "decode", "search", "profile")
 
 
@@ -74,6 +76,7 @@ def load_data(args, need: int):
     data = args.data
     if data is not None and data.is_file():
         data_dir = Path(tempfile.mkdtemp(prefix="hebbir-bench-data-"))
+        TEMP_DIRS.append(data_dir)
         import_dataset("cifar10", data, data_dir)
     elif data is not None:
         data_dir = data
@@ -293,7 +296,11 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "threads": torch.get_num_threads(), "quick": args.quick,
               "sizes": sz, "metrics": {}, "details": {}}
     started = time.perf_counter()
-    run_sections(args, device, sz, sections, result, lambda s: print(s, file=sys.stderr, flush=True))
+    try:
+        run_sections(args, device, sz, sections, result, lambda s: print(s, file=sys.stderr, flush=True))
+    finally:
+        for path in TEMP_DIRS:
+            shutil.rmtree(path, ignore_errors=True)
     for key in REQUIRED_METRICS:
         result["metrics"].setdefault(key, None)
     result["load_after"] = timing.load_average()
