@@ -30,11 +30,11 @@ def open_handle(index_dir: str, version: float):
 
 
 @st.cache_data(show_spinner=False, max_entries=256, ttl=3600)
-def search_upload(index_dir: str, version: float, name: str, data: bytes, k: int):
+def search_upload(index_dir: str, version: float, name: str, data: bytes, k: int, max_mb: int):
     """(query thumbnail, hits, error message) for uploaded bytes; keyed by content, so nothing leaks across
     visitors: the same bytes give the same answer to anyone."""
     try:
-        query = appkit.read_upload(name, data)
+        query = appkit.read_upload(name, data, max_bytes=max_mb << 20)
         hits = open_handle(index_dir, version).search_images([query.image], k=k)[0]
     except UserError as exc:
         return None, [], str(exc)
@@ -125,10 +125,10 @@ def show_query(thumb, title: str, caption: str, hits, error: str | None, index_n
 
 
 def search_tab(index_dir: Path, version: float, index_name: str, k: int) -> None:
+    max_mb = int(st.get_option("server.maxUploadSize"))  # hebbir app --max-upload-mb, or config.toml
     uploads = st.file_uploader(
         "Query images", type=appkit.UPLOAD_TYPES, accept_multiple_files=True, key="uploads",
-        on_change=unpin, max_upload_size=appkit.MAX_UPLOAD_MB,
-        help=f"JPEG, PNG, WebP, BMP or GIF (first frame), up to {appkit.MAX_UPLOAD_MB} MB each.")
+        on_change=unpin, help=f"JPEG, PNG, WebP, BMP or GIF (first frame), up to {max_mb} MB each.")
 
     pinned = st.session_state.get(PINNED)
     if pinned and pinned[0] == index_name:
@@ -142,7 +142,7 @@ def search_tab(index_dir: Path, version: float, index_name: str, k: int) -> None
                    "Click **Search** under a result to search with it.")
         return
     for n, upload in enumerate(uploads):
-        thumb, hits, error = search_upload(str(index_dir), version, upload.name, upload.getvalue(), k)
+        thumb, hits, error = search_upload(str(index_dir), version, upload.name, upload.getvalue(), k, max_mb)
         show_query(thumb, "Query", upload.name, hits, error, index_name, f"q{n}")
 
 

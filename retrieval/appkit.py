@@ -18,7 +18,7 @@ INDEX_DIR_ENV = "HEBBIR_INDEX_DIR"
 REPORTS_DIR_ENV = "HEBBIR_REPORTS_DIR"
 DEFAULT_INDEX = "quickstart"
 
-#: Largest upload the page reads, in megabytes (the server refuses bigger ones first: server.maxUploadSize).
+#: Default upload cap in MB: `hebbir app --max-upload-mb` and .streamlit/config.toml (server.maxUploadSize).
 MAX_UPLOAD_MB = 20
 #: Image types the uploader offers (the loader itself reads more).
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]

@@ -209,3 +209,19 @@ def test_hebbir_app_binds_loopback_and_caps_uploads(tmp_path):
     assert flags["--server.address"] == "127.0.0.1" and flags["--server.port"] == "8765"
     assert flags["--server.maxUploadSize"] == "20" and flags["--server.headless"] == "true"
     assert main(["app", "--index-dir", str(tmp_path / "nowhere")]) == 2
+
+
+def test_the_page_applies_the_server_upload_cap(page):
+    from streamlit import config
+
+    noisy = np.random.default_rng(0).integers(0, 255, (900, 900, 3), dtype=np.uint8)
+    png = image_bytes(Image.fromarray(noisy), "PNG")  # about 2.4 MB, incompressible
+    saved = config.get_option("server.maxUploadSize")
+    config.set_option("server.maxUploadSize", 1)  # what `hebbir app --max-upload-mb 1` passes
+    try:
+        at = upload(page.run(), [("photo.png", png)])
+    finally:
+        config.set_option("server.maxUploadSize", saved)
+    assert not at.exception
+    assert any("photo.png" in e.value and "too large" in e.value for e in at.error)
+    assert results(at) == []
