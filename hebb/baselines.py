@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Callable
 
@@ -156,7 +157,8 @@ def vae_pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 20, batch_siz
         stats["history"].append({"epoch": epoch + 1, "loss": round(loss, 5), "mse": round(mse, 5),
                                  "kl": round(kl, 5)})
         if progress:
-            tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f} (mse {mse:.4f}, kl {kl:.4f})")
+            tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f} (mse {mse:.4f}, kl {kl:.4f})",
+                       file=sys.stderr)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, net, _finish(stats, started))
     net.eval()

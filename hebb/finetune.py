@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 
 import torch
@@ -167,7 +168,8 @@ def finetune(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int = 5
         history.append(record)
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.4f}, train acc "
-                       f"{record['train_acc']:.2%}" + ("" if val_acc is None else f", val acc {val_acc:.2%}"))
+                       f"{record['train_acc']:.2%}" + ("" if val_acc is None else f", val acc {val_acc:.2%}"),
+                       file=sys.stderr)
         score = val_acc if val_acc is not None else float(epoch)  # no validation: keep the last epoch
         if score > best_acc:
             best_acc, best_epoch = score, epoch + 1

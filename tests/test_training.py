@@ -1,0 +1,175 @@
+"""Pre-training, fine-tuning, probes, baselines and the `pretrain` / `finetune` commands on small CIFAR slices."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from hebb.baselines import VAE, vae_pretrain
+from hebb.checkpoint import load_checkpoint
+from hebb.data import regime_indices
+from hebb.errors import UserError
+from hebb.finetune import accuracy, augment_batch, finetune, linear_probe, reference_lr
+from hebb.network import build_network
+from hebb.pretrain import pretrain, recalibrate_batchnorm
+from retrieval.cli import main
+
+
+@pytest.fixture(scope="module")
+def small(cifar_splits):
+    """1,000 labelled training images and 500 validation images, stratified (CIFAR splits are class-ordered)."""
+    train, val = cifar_splits["train"], cifar_splits["val"]
+    return (train.subset(regime_indices(train.labels, 2.5, seed=0)),
+            val.subset(regime_indices(val.labels, 5, seed=0)))
+
+
+def _pretrained(images, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    net = build_network(rule="hpca", cut_layer=2)
+    stats = pretrain(net, images, epochs=1, seed=seed, progress=False, **kwargs)
+    return net, stats
+
+
+def test_pretraining_changes_weights_keeps_them_finite_and_is_reproducible(small):
+    images = small[0].images[:256]
+    torch.manual_seed(0)
+    before = [conv.weight.detach().clone() for _, conv in build_network(rule="hpca", cut_layer=2).hebbian_modules()]
+    net, stats = _pretrained(images)
+    after = [conv.weight.detach() for _, conv in net.hebbian_modules()]
+    for b, a in zip(before, after):
+        assert torch.isfinite(a).all()
+        assert (a - b).norm() > 1e-3 * b.norm()  # every Hebbian layer learned
+    assert stats["epochs"] == 1 and stats["images"] == 256 and stats["images_per_s"] > 0
+    # BN running statistics were measured with the final weights (not left at their initial 0 / 1)
+    assert not torch.allclose(net.layers[1].bn.running_var, torch.ones(128))
+    again, _ = _pretrained(images)
+    assert all(torch.equal(a, b) for a, b in zip(after, [c.weight for _, c in again.hebbian_modules()]))
+    other, _ = _pretrained(images, seed=1)
+    assert not torch.equal(after[0], other.hebbian_modules()[0][1].weight)
+
+
+def test_divergence_stops_with_layer_and_epoch_and_keeps_finite_weights(small):
+    torch.manual_seed(0)
+    net = build_network(rule="hpca", cut_layer=1)
+    with pytest.raises(UserError, match=r"layer 1 .*epoch 1"):
+        pretrain(net, small[0].images[:256], lr=1e12, progress=False)
+    assert torch.isfinite(net.layers[0].conv.weight).all()
+
+
+def test_pretraining_a_net_without_hebbian_layers_is_a_user_error(small):
+    with pytest.raises(UserError, match="no Hebbian"):
+        pretrain(build_network(rule="sgd"), small[0].images[:8], progress=False)
+
+
+def test_hebbian_layer1_features_beat_the_same_net_untrained(small):
+    """A linear probe on layer 1 after one HPCA epoch beats the probe on the untrained (random) layer."""
+    train, val = small
+    torch.manual_seed(0)
+    untrained = build_network(rule="hpca", cut_layer=1)
+    untrained.fit_input(train.images)
+    hebbian = copy.deepcopy(untrained)
+    recalibrate_batchnorm(untrained, train.images)
+    pretrain(hebbian, train.images, epochs=1, lr=0.03, progress=False, fit_input=False)
+    budget = dict(epochs=5, lr=1e-2, seed=0, progress=False)
+    random_acc = linear_probe(untrained, 1, train, val, **budget)["val_acc"]
+    hebbian_acc = linear_probe(hebbian, 1, train, val, **budget)["val_acc"]
+    assert random_acc > 0.2  # the probe itself works
+    assert hebbian_acc > random_acc + 0.02, (hebbian_acc, random_acc)
+
+
+def test_finetuning_beats_chance_and_keeps_the_best_epoch(small):
+    train, val = small[0].subset(range(0, 1000, 2)), small[1]  # 50 per class
+    torch.manual_seed(0)
+    net = build_network(rule="hpca")
+    net.fit_input(train.images)
+    net, stats = finetune(net, train, val, layer=1, epochs=3, lr=1e-2, seed=0, progress=False)
+    assert net.cut_layer == 1 and net.num_feature_layers == 1
+    assert stats["val_acc"] > 0.2  # chance is 0.1
+    assert stats["val_acc"] == max(h["val_acc"] for h in stats["history"])
+    # the returned weights are the best epoch's: evaluating them again gives the recorded accuracy
+    assert accuracy(net, val.images, val.labels, topk=(1,))["top1"] == pytest.approx(stats["val_acc"])
+    assert len(stats["epoch_times_s"]) == 3 and stats["time_s"] > 0
+    assert [h["lr"] for h in stats["history"]] == [1e-2, 1e-2, 5e-3]
+
+
+def test_reference_schedule_halves_every_epoch_in_the_second_half():
+    lrs = [reference_lr(e, 20, 1e-3) for e in range(20)]
+    assert lrs[:10] == [1e-3] * 10
+    assert lrs[10] == 5e-4 and lrs[19] == pytest.approx(1e-3 / 1024)
+
+
+def test_augmentation_flips_and_translates_whole_images():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 32, 32)
+    flipped = augment_batch(x, g, pad=0)
+    same = (flipped == x).flatten(1).all(1)
+    mirrored = (flipped == x.flip(3)).flatten(1).all(1)
+    assert (same | mirrored).all() and 10 < same.sum() < 54
+    shifted = augment_batch(x, g, pad=2)
+    assert shifted.shape == x.shape
+    # the centre 28x28 of every output is a shifted (maybe mirrored) copy of the input
+    found = 0
+    for i in range(64):
+        for src in (x[i], x[i].flip(2)):
+            for dy in range(-2, 3):
+                for dx in range(-2, 3):
+                    if torch.equal(shifted[i, :, 2:30, 2:30], src[:, 2 + dy:30 + dy, 2 + dx:30 + dx]):
+                        found += 1
+                        break
+                else:
+                    continue
+                break
+            else:
+                continue
+            break
+    assert found == 64
+
+
+def test_vae_pretraining_runs_and_decodes_to_images(small):
+    torch.manual_seed(0)
+    net = build_network(rule="vae")
+    vae = VAE(net)
+    assert tuple(vae.decoder(torch.randn(2, 256)).shape) == (2, 3, 32, 32)
+    before = net.layers[0].conv.weight.detach().clone()
+    stats = vae_pretrain(net, small[0].images[:32], epochs=1, batch_size=16, progress=False)
+    assert stats["epochs"] == 1 and stats["history"][0]["loss"] > 0
+    assert not torch.equal(before, net.layers[0].conv.weight)
+    with pytest.raises(UserError, match="trainable by backprop"):
+        VAE(build_network(rule="hpca"))
+
+
+def test_cli_pretrain_and_finetune_end_to_end(cifar_data_dir, tmp_path, capsys):
+    pre, fine = tmp_path / "pre.pt", tmp_path / "fine.pt"
+    common = ["--data-dir", str(cifar_data_dir), "--device", "cpu", "--seed", "0"]
+    assert main(["pretrain", "--rule", "hpca", "--spec", "HGGGGG", "--limit", "256", "--epochs", "1",
+                 "--out", str(pre), *common]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("pretrained hpca") and "images/s" in line and "\n" not in line
+    net, meta = load_checkpoint(pre)
+    assert meta["stage"] == "pretrain" and meta["network"]["spec"] == "HGGGGG" and len(meta["classes"]) == 10
+    assert main(["finetune", "--init", str(pre), "--regime", "2", "--layer", "1", "--limit", "200",
+                 "--epochs", "2", "--lr", "1e-2", "--out", str(fine), *common]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("fine-tuned hpca layer 1") and "best val acc" in line and "test acc" in line
+    net, meta = load_checkpoint(fine)
+    assert meta["stage"] == "finetune" and meta["layer"] == 1 and net.cut_layer == 1
+    assert meta["init"]["sha256"] and 0 <= meta["metrics"]["val_acc"] <= 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain", "--rule", "oja"], "unknown rule 'oja'"),
+    (["finetune", "--init", "{tmp}/missing.pt"], "no such checkpoint"),
+    (["finetune", "--init", "{tmp}/garbage.pt"], "not a readable hebbir checkpoint"),
+    (["finetune", "--from-scratch", "--regime", "150"], "regime must be a percentage"),
+    (["finetune", "--from-scratch", "--layer", "6"], "layer must be in 1..5"),
+    (["pretrain", "--rule", "hpca", "--data-dir", "{tmp}/empty"], "not in"),
+])
+def test_cli_bad_input_gives_a_one_line_error(argv, message, tmp_path, capsys):
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    argv = [a.format(tmp=tmp_path) for a in argv] + ["--out", str(tmp_path / "out.pt")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hebbir: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "out.pt").exists()
