@@ -158,6 +158,16 @@ def test_cli_pretrain_and_finetune_end_to_end(cifar_data_dir, tmp_path, capsys):
     assert meta["init"]["sha256"] and 0 <= meta["metrics"]["val_acc"] <= 1
 
 
+@pytest.mark.parametrize("start, method", [("--from-scratch", "sgd"), ("--from-random", "random")])
+def test_cli_finetune_baselines(start, method, cifar_data_dir, tmp_path, capsys):
+    out = tmp_path / "b.pt"
+    assert main(["finetune", start, "--layer", "1", "--regime", "1", "--limit", "100", "--epochs", "1",
+                 "--out", str(out), "--data-dir", str(cifar_data_dir), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith(f"fine-tuned {method} layer 1 on 100 labelled images")
+    net, meta = load_checkpoint(out)
+    assert meta["method"] == method and net.spec == ("GGGGGG" if method == "sgd" else "RRRRRG")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["pretrain", "--rule", "oja"], "unknown rule 'oja'"),
     (["finetune", "--init", "{tmp}/missing.pt"], "no such checkpoint"),

@@ -147,16 +147,17 @@ def _finetune(args: argparse.Namespace) -> int:
     labelled = _sample(labelled, args.limit, args.seed)
     val = _sample(splits["val"], args.limit, args.seed)
     test = _sample(splits["test"], args.limit, args.seed)
+    unlabelled = _sample(splits["train"], args.limit, args.seed).images  # input statistics of the baselines
     options = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                    augment=args.augment)
     if args.from_scratch:
         method = "sgd"
         net, stats = train_from_scratch(labelled, val, layer=args.layer, device=device, seed=args.seed,
-                                        unlabelled=splits["train"].images, **options)
+                                        unlabelled=unlabelled, **options)
     elif args.from_random:
         method = "random"
         net, stats = random_frozen(labelled, val, layer=args.layer, device=device, seed=args.seed,
-                                   unlabelled=splits["train"].images, **options)
+                                   unlabelled=unlabelled, **options)
     else:
         method = init_meta.get("network", {}).get("rule", "?")
         if args.layer > net.num_feature_layers:
