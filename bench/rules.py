@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import candidates, flops
-from bench.timing import time_fn
+from bench.timing import time_fn, time_interleaved
 from hebb import rules
 from hebb.layers import HebbConv2d
 
@@ -88,11 +88,12 @@ def _variants(rule: str, layer: HebbConv2d, x: torch.Tensor, names) -> dict:
 
 
 def _time_all(variants: dict, device: torch.device, repeats: int) -> tuple[dict, dict]:
-    times, results = {}, {}
-    for name, fn in variants.items():
-        results[name] = fn()  # also the warm-up call
-        slow = name == "reference"
-        times[name] = time_fn(fn, device, warmup=0 if slow else 1, repeats=2 if slow else repeats)["median_s"]
+    """Median seconds of every variant (interleaved rounds; the slow reference alone, twice) and results."""
+    results = {name: fn() for name, fn in variants.items()}  # also the warm-up calls
+    quick = {name: fn for name, fn in variants.items() if name != "reference"}
+    times = time_interleaved(quick, device, repeats, warmup=False)
+    if "reference" in variants:
+        times["reference"] = time_fn(variants["reference"], device, warmup=0, repeats=2)["median_s"]
     return times, results
 
 

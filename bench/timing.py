@@ -55,6 +55,20 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int = 1, rep
     return {"median_s": statistics.median(times), "min_s": min(times), "times_s": [round(t, 6) for t in times]}
 
 
+def time_interleaved(fns: dict, device: torch.device, repeats: int = 5, warmup: bool = True) -> dict:
+    """{name: median seconds}: one warm-up call each, then `repeats` rounds that time every fn once in turn.
+
+    Interleaving spreads slow phases of a shared machine over all variants instead of the one that ran then.
+    """
+    for fn in fns.values() if warmup else ():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(time_fn(fn, device, warmup=0, repeats=1)["median_s"])
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def wall_time(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
     """(seconds, result) of one call, the device synchronised before and after (for long host-driven runs)."""
     sync(device)
