@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -44,14 +45,15 @@ def test_fully_connected_layer_hpca_reference_is_the_39_gmac_of_the_design():
     assert 55 < total < 65  # DESIGN §9: about 60 TFLOP per epoch
 
 
-def _run_bench(tmp_path: Path, *extra: str) -> dict:
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--device", "cpu",
-                           "--out-dir", str(tmp_path), *extra], cwd=REPO, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    files = list(tmp_path.glob("*.json"))
-    assert len(files) == 1
-    result = json.loads(files[0].read_text())
+def _run_bench(*extra: str) -> dict:
+    # a plain temporary directory: pytest's tmp_path would make this test pay for pruning old pytest dirs
+    with tempfile.TemporaryDirectory(prefix="hebbir-bench-test-") as out:
+        proc = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--device", "cpu",
+                               "--out-dir", out, *extra], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        files = list(Path(out).glob("*.json"))
+        assert len(files) == 1
+        result = json.loads(files[0].read_text())
     for field in REQUIRED_FIELDS:
         assert field in result
     for key in REQUIRED_METRICS:
@@ -60,9 +62,9 @@ def _run_bench(tmp_path: Path, *extra: str) -> dict:
     return result
 
 
-def test_quick_run_writes_the_json(tmp_path):
+def test_quick_run_writes_the_json():
     # the cheap sections only (the Hebbian ones cost seconds per step on a 2-core CPU: see the slow test)
-    result = _run_bench(tmp_path, "--sections", "limits,search,decode")
+    result = _run_bench("--sections", "limits,search,decode")
     m = result["metrics"]
     assert m["matmul_gflops"] > 0 and m["copy_gbs"] > 0
     assert m["search_qps"] > 0 and m["decode_img_per_s"] > 0
@@ -70,8 +72,8 @@ def test_quick_run_writes_the_json(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_quick_run(tmp_path):
-    result = _run_bench(tmp_path)
+def test_full_quick_run():
+    result = _run_bench()
     m = result["metrics"]
     for key in REQUIRED_METRICS:
         assert m[key] is not None and m[key] > 0
