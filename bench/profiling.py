@@ -31,8 +31,11 @@ def pretrain_step_profile(rule: str, device: torch.device, steps: int = 3, top: 
             step(i)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     events = prof.key_averages()
+    key = "self_cpu_time_total"
+    if device.type == "cuda":  # the attribute's name changed across torch versions
+        key = next((k for k in ("self_device_time_total", "self_cuda_time_total")
+                    if events and hasattr(events[0], k)), key)
     total = sum(getattr(e, key, 0) for e in events) or 1
     rows = sorted(events, key=lambda e: getattr(e, key, 0), reverse=True)[:top]
     return {"rule": rule, "steps": steps, "sort_key": key, "total_ms_per_step": total / 1e3 / steps,
