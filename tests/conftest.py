@@ -19,14 +19,18 @@ def _seed():
 
 
 @pytest.fixture(scope="session")
-def cifar_data_dir(tmp_path_factory) -> Path:
-    """A data directory holding CIFAR-10 imported from the shared archive (skips if the archive is absent)."""
+def cifar_data_dir() -> Path:
+    """A data directory holding CIFAR-10 imported from the shared archive (skips if the archive is absent).
+
+    It lives in the git-ignored `.test-data/` of the checkout and is reused by later sessions, since
+    importing and decoding 60,000 JPEGs is the slowest step of the suite; tests only read it.
+    """
     if not CIFAR_ARCHIVE.is_file():
         pytest.skip(f"CIFAR-10 archive not found at {CIFAR_ARCHIVE}")
     from hebb.data import import_dataset
 
-    data_dir = tmp_path_factory.mktemp("data")
-    import_dataset("cifar10", CIFAR_ARCHIVE, data_dir)
+    data_dir = REPO / ".test-data"
+    import_dataset("cifar10", CIFAR_ARCHIVE, data_dir)  # returns at once when already imported
     return data_dir
 
 
