@@ -114,6 +114,15 @@ def _swap_in(tmp: Path, out: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+def _new_tmp_dir(out: Path, what: str) -> Path:
+    """A fresh folder beside `out`, with the permissions a plain mkdir would give (mkdtemp's are 0700)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{what}-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    return tmp
+
+
 def _save_npz(path: Path, **arrays) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
@@ -253,7 +262,7 @@ def _prepare_workdir(work: Path, key: dict) -> None:
 
 
 def _fit_projection(ext: FeatureExtractor, source: ImageSource, work: Path | None,
-                    fit_samples: int = FIT_SAMPLES) -> None:
+                    fit_samples: int = FIT_SAMPLES, progress: bool = False) -> None:
     if not ext.needs_fit:
         return
     proj_file = work / PROJECTION_FILE if work else None
@@ -265,7 +274,11 @@ def _fit_projection(ext: FeatureExtractor, source: ImageSource, work: Path | Non
     if len(positions) > fit_samples:
         positions = np.sort(np.random.default_rng(0).choice(len(positions), fit_samples, replace=False)).tolist()
     images = read_chunk(source, positions, ext.side).images
-    ext.fit(images, max_samples=fit_samples)
+    ext.progress = progress
+    try:
+        ext.fit(images, max_samples=fit_samples)
+    finally:
+        ext.progress = False
     if proj_file is not None:
         _save_npz(proj_file, **ext.state_arrays())
 
@@ -384,7 +397,7 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
            "requested": {"pooling": pooling, "projection": projection, "dim": dim},
            "chunk_size": chunk_size, "fit_samples": fit_samples, "format_version": FORMAT_VERSION}
     _prepare_workdir(work, key)
-    _fit_projection(ext, source, work, fit_samples)
+    _fit_projection(ext, source, work, fit_samples, progress)
     chunks, spent, processed = _extract_chunks(source, ext, work, set(), chunk_size, progress)
     vectors, positions, hashes, skipped, duplicates = _collect(chunks, source, {})
     if len(vectors) == 0:
@@ -395,7 +408,7 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
     faiss = faiss_or_none()
     if faiss is None and factory == "Flat" and progress:
         print(f"note: {FAISS_MISSING}; writing vectors only (searches use the exact torch backend)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    tmp = _new_tmp_dir(out, "building")
     try:
         if faiss is not None:
             faiss.write_index(make_faiss_index(vectors, factory), str(tmp / FAISS_FILE))
@@ -480,7 +493,7 @@ def add_to_index(index_dir, images, device="auto", progress: bool = True, data_d
     vectors, positions, hashes, skipped, duplicates = _collect(chunks, source, {h: str(i) for h, i in known.items()})
     skipped = source.skipped + skipped
     if len(vectors):
-        tmp = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.adding-", dir=index_dir.parent))
+        tmp = _new_tmp_dir(index_dir, "adding")
         try:
             for f in index_dir.iterdir():
                 if f.name == manifest["model_file"]:
