@@ -17,10 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "The embedded default: import CIFAR-10 (from $HEBBIR_CIFAR10_ARCHIVE, ../shared/datasets/"
             "cifar10-jpg.tar.gz, or the internet), pre-train the 6-layer network with HPCA (no labels), "
-            "fine-tune it at layer 5 on 10%% of the labels, and index the 40,000-image training split. "
+            "fine-tune it at layer 5 on 10% of the labels, and index the 40,000-image training split. "
             f"On a GPU: pre-training on all images for {GPU_CONFIG['pretrain_epochs']} epochs, "
-            f"{GPU_CONFIG['finetune_epochs']} fine-tuning epochs. On a CPU (smaller, to finish in about "
-            f"15 minutes on 2 cores): pre-training on {CPU_CONFIG['pretrain_images']:,} images for "
+            f"{GPU_CONFIG['finetune_epochs']} fine-tuning epochs. On a CPU (smaller, sized for about "
+            f"15 minutes on 2 idle cores): pre-training on {CPU_CONFIG['pretrain_images']:,} images for "
             f"{CPU_CONFIG['pretrain_epochs']} epoch, {CPU_CONFIG['finetune_epochs']} fine-tuning epochs, "
             f"validation on {CPU_CONFIG['val_images']:,} images. Rerunning reuses what exists."),
         epilog="then: hebbir app")
