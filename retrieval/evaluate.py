@@ -147,6 +147,7 @@ def write_results(out: Path, data: dict) -> None:
             json.dump(data, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is for reading
         os.replace(tmp, out / RESULTS_FILE)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
