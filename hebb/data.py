@@ -230,6 +230,7 @@ def load_folder(split_dir: Path | str, size: int = 32, cache_dir: Path | str | N
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise UserError(f"{split_dir}: no such folder")
+    split_dir = split_dir.resolve()  # once here: resolving 60,000 paths one by one costs seconds
     paths, labels, classes = _folder_listing(split_dir)
     rel = [str(p.relative_to(split_dir)) for p in paths]
     meta_file = array_file = None
@@ -243,7 +244,7 @@ def load_folder(split_dir: Path | str, size: int = 32, cache_dir: Path | str | N
                 keep = meta["kept"]
                 images = torch.from_numpy(np.load(array_file))
                 return ArraySet(images, torch.tensor([labels[i] for i in keep], dtype=torch.long),
-                                [str(paths[i].resolve()) for i in keep], classes)
+                                [str(paths[i]) for i in keep], classes)
     arrays: list[np.ndarray | None] = [None] * len(paths)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
         it = pool.map(lambda p: _decode(p, size), paths, chunksize=256)
@@ -263,7 +264,7 @@ def load_folder(split_dir: Path | str, size: int = 32, cache_dir: Path | str | N
                                         "skipped": skipped, "classes": classes}))
         os.replace(tmp_meta, meta_file)
     return ArraySet(torch.from_numpy(images), torch.tensor([labels[i] for i in keep], dtype=torch.long),
-                    [str(paths[i].resolve()) for i in keep], classes)
+                    [str(paths[i]) for i in keep], classes)
 
 
 def load_split(name: str, split: str, data_dir: Path | str | None = None, size: int = 32) -> ArraySet:
