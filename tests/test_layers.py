@@ -156,3 +156,17 @@ def test_initialisation_and_bad_arguments():
         HebbConv2d(3, 8, 3).hebbian_delta(torch.randn(2, 4, 8, 8))
     with pytest.raises(UserError):
         HebbConv2d(3, 8, 3).hebbian_delta(torch.randn(2, 3, 8, 8), teacher=torch.ones(2, 5))
+
+
+@pytest.mark.parametrize("rule", FAST)
+def test_fully_connected_forward_is_the_convolution_with_its_gradients(rule):
+    # a kernel covering the map runs as one matrix product (faster on the CPU); same values and gradients
+    layer = HebbConv2d(16, 40, 3, rule=rule)
+    x = torch.randn(5, 16, 3, 3, requires_grad=True)
+    w = layer.effective_weight()
+    expected = F.relu(F.conv2d(x, w))
+    gx, gw = torch.autograd.grad(expected.square().sum(), [x, layer.weight])
+    y = layer(x)
+    assert y.shape == (5, 40, 1, 1) and torch.allclose(y, expected, atol=1e-5)
+    hx, hw = torch.autograd.grad(y.square().sum(), [x, layer.weight])
+    assert torch.allclose(hx, gx, atol=1e-5) and torch.allclose(hw, gw, atol=1e-5)
