@@ -457,17 +457,13 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
     return manifest
 
 
-def add_to_index(index_dir, images, device="auto", progress: bool = True, data_dir=None,
-                 batch_size: int = 256, model=None, chunk_size: int = CHUNK_SIZE) -> dict:
-    """Add the images of `images` that the index lacks (by content hash) to `index_dir`, atomically.
+def index_extractor(index_dir, manifest: dict, device, model=None, batch_size: int = 256) -> FeatureExtractor:
+    """The feature extractor of an index: its model copy (checked against the manifest) and projection.
 
-    New vectors go through the index's own model copy and projection; a given `model` must be that same
-    model. Returns dict(added=, skipped=, duplicates=, manifest=).
+    `model`: optionally a checkpoint the caller expects the index to have been built with; a different one
+    is a `UserError`.
     """
-    t_start = time.perf_counter()
     index_dir = Path(index_dir)
-    manifest = read_manifest(index_dir)
-    device = resolve_device(device)
     model_path = index_dir / manifest["model_file"]
     net, meta, checksum = load_model(model_path, device)
     check_model(manifest, checksum, architecture_of(net, meta), where=f"{model_path}: ")
@@ -479,7 +475,21 @@ def add_to_index(index_dir, images, device="auto", progress: bool = True, data_d
     if (index_dir / PROJECTION_FILE).is_file():
         with np.load(index_dir / PROJECTION_FILE) as z:
             state = {k: z[k] for k in z.files}
-    ext = FeatureExtractor.from_config(net, manifest["features"], state, device=device, batch_size=batch_size)
+    return FeatureExtractor.from_config(net, manifest["features"], state, device=device, batch_size=batch_size)
+
+
+def add_to_index(index_dir, images, device="auto", progress: bool = True, data_dir=None,
+                 batch_size: int = 256, model=None, chunk_size: int = CHUNK_SIZE) -> dict:
+    """Add the images of `images` that the index lacks (by content hash) to `index_dir`, atomically.
+
+    New vectors go through the index's own model copy and projection; a given `model` must be that same
+    model. Returns dict(added=, skipped=, duplicates=, manifest=).
+    """
+    t_start = time.perf_counter()
+    index_dir = Path(index_dir)
+    manifest = read_manifest(index_dir)
+    device = resolve_device(device)
+    ext = index_extractor(index_dir, manifest, device, model=model, batch_size=batch_size)
     source = images if isinstance(images, ImageSource) else open_source(images, data_dir, size=ext.side)
     with ItemStore(index_dir / ITEMS_FILE) as store:
         known = store.known_hashes()

@@ -18,8 +18,8 @@ import torch
 
 from hebb.errors import UserError
 from retrieval.features import FeatureExtractor
-from retrieval.index import (FAISS_FILE, PROJECTION_FILE, VECTORS_FILE, architecture_of, check_model,
-                             faiss_or_none, load_model, read_manifest, require_faiss, resolve_device)
+from retrieval.index import (FAISS_FILE, VECTORS_FILE, faiss_or_none, index_extractor, read_manifest,
+                             require_faiss, resolve_device)
 from retrieval.itemstore import ITEMS_FILE, ItemStore
 from retrieval.sources import load_query_images
 
@@ -230,19 +230,7 @@ def open_index(index_dir, device="cpu", backend: str = "auto", model=None, batch
     index_dir = Path(index_dir)
     manifest = read_manifest(index_dir)
     device = resolve_device(device)
-    model_path = index_dir / manifest["model_file"]
-    net, meta, checksum = load_model(model_path, device)
-    check_model(manifest, checksum, architecture_of(net, meta), where=f"{model_path}: ")
-    if model is not None:
-        from hebb.checkpoint import file_checksum
-
-        check_model(manifest, file_checksum(model), manifest["architecture"], where=f"{model}: ")
-    state = None
-    if (index_dir / PROJECTION_FILE).is_file():
-        with np.load(index_dir / PROJECTION_FILE) as z:
-            state = {k: z[k] for k in z.files}
-    extractor = FeatureExtractor.from_config(net, manifest["features"], state, device=device,
-                                             batch_size=batch_size)
+    extractor = index_extractor(index_dir, manifest, device, model=model, batch_size=batch_size)
     if extractor.dim != manifest["dimension"]:
         raise UserError(f"{index_dir}: the model gives {extractor.dim}-d features, the index holds "
                         f"{manifest['dimension']}-d vectors")
@@ -253,4 +241,4 @@ def open_index(index_dir, device="cpu", backend: str = "auto", model=None, batch
         items.close()
         raise UserError(f"{index_dir}: damaged index: {len(engine)} vectors, {len(items)} items, manifest says "
                         f"{manifest['item_count']}; rebuild it")
-    return IndexHandle(index_dir, manifest, net, extractor, items, engine)
+    return IndexHandle(index_dir, manifest, extractor.net, extractor, items, engine)
