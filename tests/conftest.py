@@ -18,6 +18,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: tiny tensors on a loaded 2-core machine run ~50x slower on two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def cifar_data_dir() -> Path:
     """A data directory holding CIFAR-10 imported from the shared archive (skips if the archive is absent).

@@ -16,13 +16,7 @@ FAST = {"hpca": rules.hpca_delta, "swta": rules.swta_delta, "wta": rules.wta_del
 CASES = [(4, 3, 12, 5, 16, 1), (3, 8, 9, 3, 12, 2), (2, 6, 7, 4, 10, 1), (6, 16, 3, 3, 40, 1), (5, 8, 3, 3, 300, 1)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tensors are tiny: on a loaded 2-core machine a 2-thread pool makes each op ~50x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel_err(a, b):

@@ -17,13 +17,7 @@ REFERENCE = {"hpca": rules.hpca_delta_reference, "swta": rules.swta_delta_refere
 SHAPES = [(300, 16, 27), (32, 200, 50), (500, 96, 75), (7, 130, 40), (1, 5, 3)]  # (N, M, D)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tensors are tiny: on a loaded 2-core machine a 2-thread pool makes each op ~50x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel_err(a, b):
