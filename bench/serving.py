@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import flops
-from bench.timing import sync, time_fn, wall_time
+from bench.timing import time_fn, wall_time
 from hebb.network import build_network
 
 

@@ -7,7 +7,6 @@ matrix product (GFLOP/s) and the bandwidth of a large copy (bytes read + bytes w
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import time
@@ -111,16 +110,9 @@ def device_name(device: torch.device) -> str:
     """GPU name, or CPU model with the core count and torch's thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    model = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads)"
+    from retrieval.evaluate import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads)"
 
 
 def load_average() -> list[float] | None:

@@ -24,7 +24,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -113,15 +113,18 @@ def device_description(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or platform.machine()
+    return f"CPU: {cpu_model()}, {os.cpu_count()} logical cores visible"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or what `platform` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"CPU: {cpu}, {os.cpu_count()} logical cores visible"
+    return platform.processor() or platform.machine()
 
 
 def load_results(out: Path) -> dict | None:

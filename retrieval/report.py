@@ -270,7 +270,7 @@ def write_summary(out: Path, results: dict, pr_regime: float | None = None) -> P
                  f"{len({int(r['layer']) for r in runs})} layer(s), seeds {', '.join(map(str, seeds))}), "
                  f"from {results.get('created', '?')} to {max(r.get('finished', '') for r in runs)}")
     lines.append(f"- device(s): {'; '.join(devices)}")
-    lines.append(f"- settings: " + ", ".join(f"{k}={v}" for k, v in results["settings"].items()))
+    lines.append("- settings: " + ", ".join(f"{k}={v}" for k, v in results["settings"].items()))
     for s in sessions:
         lines.append(f"- command ({s.get('started', '?')}, torch {s.get('torch', '?')}): `{s.get('command', '?')}`")
     lines += ["", "Mean ± 95% Student-t confidence interval over seeds (no interval with one seed). "

@@ -75,7 +75,7 @@ def _print_problems(skipped: list[dict], duplicates: list[dict], limit: int = 5)
         for s in skipped[:limit]:
             print(f"  {s['path']}: {s['reason']}")
         if len(skipped) > limit:
-            print(f"  ... (all listed in manifest.json)")
+            print("  ... (all listed in manifest.json)")
     if duplicates:
         print(f"{len(duplicates)} duplicate file(s) (same bytes as an indexed one) not indexed again")
 

@@ -120,7 +120,6 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    import torch
 
     from hebb.baselines import random_frozen, train_from_scratch
     from hebb.checkpoint import file_checksum, load_checkpoint, save_checkpoint
