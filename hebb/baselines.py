@@ -7,7 +7,8 @@
   The reconstruction term is the per-pixel mean and the KL is divided by the pixel count too, i.e. the
   summed β-VAE loss scaled by 1/3072, which keeps plain SGD at lr 1e-3 stable.
   Then fine-tune the trunk like a Hebbian one.
-- `random_frozen`: random R layers, only the classifier (and nothing else) learns.
+- `random_frozen`: random R layers, only the classifier (and nothing else) learns; with classifier="H" it is
+  a Hebbian classifier (`hebb.finetune.train_hebbian_classifier`), the 2019 paper's "RRRRRH".
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from tqdm.auto import tqdm
 
 from hebb.data import ArraySet, to_float
 from hebb.errors import UserError
-from hebb.finetune import finetune, reference_lr
-from hebb.network import HebbNet, build_network
+from hebb.finetune import finetune, reference_lr, train_hebbian_classifier
+from hebb.network import ARCHITECTURES, HebbNet, build_network
 from hebb.pretrain import recalibrate_batchnorm
 
 LATENTS = 256
@@ -42,14 +43,20 @@ def train_from_scratch(train: ArraySet, val: ArraySet | None, layer: int = 5, ar
 
 def random_frozen(train: ArraySet, val: ArraySet | None, layer: int = 5, arch: str = "cifar6",
                   device: torch.device | str = "cpu", seed: int = 0, unlabelled: torch.Tensor | None = None,
-                  **finetune_options) -> tuple[HebbNet, dict]:
-    """Random frozen features: R layers (seeded), BN statistics measured, then only the classifier trains."""
+                  classifier: str = "G", **train_options) -> tuple[HebbNet, dict]:
+    """Random frozen features: R layers (seeded), BN statistics measured, then only the classifier trains.
+
+    classifier "G": `finetune` (its options in train_options); "H": `train_hebbian_classifier`.
+    """
     torch.manual_seed(seed)
-    net = build_network(arch, num_classes=len(train.classes), rule="random", cut_layer=layer)
+    depth = len(ARCHITECTURES[arch].layers) if arch in ARCHITECTURES else 0  # unknown: build_network says so
+    spec = "R" * depth + classifier.upper()
+    net = build_network(arch, num_classes=len(train.classes), rule="random", spec=spec, cut_layer=layer)
     images = train.images if unlabelled is None else unlabelled
     net.to(device).fit_input(images, seed=seed)
     recalibrate_batchnorm(net, images, device, seed=seed)
-    return finetune(net, train, val, layer=layer, device=device, seed=seed, **finetune_options)
+    train_fn = train_hebbian_classifier if net.classifier_kind == "H" else finetune
+    return train_fn(net, train, val, layer=layer, device=device, seed=seed, **train_options)
 
 
 def _up(in_ch: int, out_ch: int, kernel: int, upsample: bool = False) -> list[nn.Module]:

@@ -6,6 +6,10 @@ the first half of the epochs then halved every epoch, L2 5e-2 (10 classes) or 1e
 and early stopping: the weights of the epoch with the best validation accuracy are kept. Optional GPU-side
 augmentation (random translation with reflect padding + horizontal flip, airbench-style) runs on whole
 batches on the device.
+
+A net whose classifier is Hebbian (spec letter H, `hebb.network.HebbianClassifier`) is read instead by
+`train_hebbian_classifier`: the trunk stays as it is and only the classifier learns, with the supervised
+teacher-signal rule (seed 001 §5.1: lr 0.1, one or two epochs).
 """
 
 from __future__ import annotations
@@ -96,26 +100,35 @@ def _sgd(params, lr: float, weight_decay: float, momentum: float) -> torch.optim
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
 
 
+def _cut_for(net: HebbNet, layer: int, num_classes: int, classifier: str | None) -> None:
+    """Cut `net` after `layer` with a fresh classifier unless it already has the asked-for one."""
+    if layer > net.num_feature_layers:
+        raise UserError(f"this network was cut after layer {net.num_feature_layers}; cannot fine-tune at "
+                        f"layer {layer}")
+    kind = net.classifier_kind if classifier is None else classifier.upper()
+    if net.cut_layer != layer or net.num_classes != num_classes or net.classifier.out_features != num_classes \
+            or kind != net.classifier_kind:
+        net.cut(layer, num_classes, classifier=kind)
+
+
 def finetune(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int = 5, epochs: int = 20,
              batch_size: int = 64, lr: float = 1e-3, weight_decay: float | None = None, momentum: float = 0.9,
              augment: bool = False, device: torch.device | str = "cpu", seed: int = 0,
              progress: bool = True) -> tuple[HebbNet, dict]:
     """Fine-tune `net` cut after `layer` end to end on the labelled `train` set; early stopping on `val`.
 
-    If the net is not yet cut at `layer` for this many classes, it is cut (a fresh classifier). R layers
-    stay frozen. weight_decay None = `default_weight_decay`. Returns (net with the best epoch's weights, in
-    eval mode, stats): val_acc (best top-1 fraction, None without val), best_epoch, epochs, time_s,
-    epoch_times_s, images_per_s, history (per epoch: epoch, lr, train_loss, train_acc, val_acc).
+    If the net is not yet cut at `layer` for this many classes, it is cut (a fresh classifier of the spec's
+    kind; a Hebbian classifier, which backprop cannot train, is replaced by a linear one: to train that, use
+    `train_hebbian_classifier`). R layers stay frozen. weight_decay None = `default_weight_decay`. Returns
+    (net with the best epoch's weights, in eval mode, stats): val_acc (best top-1 fraction, None without
+    val), best_epoch, epochs, time_s, epoch_times_s, images_per_s, history (per epoch: epoch, lr,
+    train_loss, train_acc, val_acc).
     """
     device = torch.device(device)
     num_classes = _check_sets(train, val)
     if epochs < 1 or batch_size < 2 or not lr > 0:
         raise UserError(f"need epochs >= 1, batch size >= 2 and lr > 0 (got {epochs}, {batch_size}, {lr})")
-    if layer > net.num_feature_layers:
-        raise UserError(f"this network was cut after layer {net.num_feature_layers}; cannot fine-tune at "
-                        f"layer {layer}")
-    if net.cut_layer != layer or net.num_classes != num_classes or net.classifier.out_features != num_classes:
-        net.cut(layer, num_classes)
+    _cut_for(net, layer, num_classes, "G" if net.classifier_kind == "H" else None)  # backprop needs a linear head
     weight_decay = default_weight_decay(num_classes) if weight_decay is None else weight_decay
     torch.manual_seed(seed)  # dropout
     net.to(device)
@@ -182,6 +195,67 @@ def finetune(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int = 5
              "images_per_s": round(len(images) * epochs / train_time, 1), "images": len(images),
              "layer": layer, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
              "augment": augment, "history": history}
+    return net, stats
+
+
+def train_hebbian_classifier(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int = 5,
+                             epochs: int = 2, batch_size: int = 64, lr: float = 0.1,
+                             device: torch.device | str = "cpu", seed: int = 0,
+                             progress: bool = True) -> tuple[HebbNet, dict]:
+    """Train a Hebbian classifier (teacher signal) on the frozen features of `net` cut after `layer`.
+
+    The net is cut with a fresh `HebbianClassifier` unless it already has one there; the trunk runs in eval
+    mode and never changes. Each batch applies W += lr · dW (plain, as the reference's lr 0.1); the epoch
+    with the best validation accuracy is kept. Returns (net in eval mode, stats) with the keys of
+    `finetune`'s stats (weight_decay None, augment False).
+    """
+    device = torch.device(device)
+    num_classes = _check_sets(train, val)
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise UserError(f"need epochs >= 1, batch size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
+    _cut_for(net, layer, num_classes, "H")
+    net.to(device).eval()
+    head = net.classifier
+    generator = torch.Generator(device=device).manual_seed(seed)
+    images, labels = train.images.to(device), train.labels.to(device)
+    history, epoch_times = [], []
+    best_acc, best_epoch, best_weight = -1.0, 0, None
+    started = time.perf_counter()
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        order = torch.randperm(len(images), generator=generator, device=device)
+        bar = tqdm(total=len(images), desc=f"hebbian classifier epoch {epoch + 1}/{epochs}", unit="img",
+                   disable=not progress, leave=False)
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                idx = order[start:start + batch_size]
+                feats = net.features(to_float(images[idx], device)).flatten(1)
+                correct += (head(feats).argmax(1) == labels[idx]).sum()  # before the update, like a train acc
+                head.weight.add_(head.hebbian_delta(feats, labels[idx]), alpha=lr)
+                bar.update(len(idx))
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_times.append(round(time.perf_counter() - t0, 3))
+        val_acc = accuracy(net, val.images, val.labels, device, topk=(1,))["top1"] if val is not None and len(val) \
+            else None
+        record = {"epoch": epoch + 1, "lr": lr, "train_loss": None,
+                  "train_acc": round(correct.item() / len(images), 5), "val_acc": val_acc}
+        history.append(record)
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}/{epochs}: train acc {record['train_acc']:.2%}"
+                       + ("" if val_acc is None else f", val acc {val_acc:.2%}"), file=sys.stderr)
+        score = val_acc if val_acc is not None else float(epoch)
+        if score > best_acc:
+            best_acc, best_epoch, best_weight = score, epoch + 1, head.weight.detach().clone()
+    head.weight.copy_(best_weight)
+    train_time = sum(epoch_times) or 1e-9
+    stats = {"val_acc": best_acc if val is not None and len(val) else None, "best_epoch": best_epoch,
+             "epochs": epochs, "time_s": round(time.perf_counter() - started, 3), "epoch_times_s": epoch_times,
+             "images_per_s": round(len(images) * epochs / train_time, 1), "images": len(images),
+             "layer": layer, "lr": lr, "weight_decay": None, "batch_size": batch_size, "augment": False,
+             "classifier": "hebbian", "rule": head.rule, "history": history}
     return net, stats
 
 

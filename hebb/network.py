@@ -7,9 +7,11 @@ feature layer is built from one letter of a *spec* string (layers 1..6, the last
     G  gradient descent: a plain convolution + ReLU, trained by backprop only
     R  random frozen: a plain convolution + ReLU whose parameters never change
 
-so the hybrid configurations of the 2019 paper's Table 2 ("HHGGGG", "RRGGGG", "GHGGGG", ...) are buildable.
-The classifier letter is G (or R for a frozen random read-out). A network may be *cut* after layer l: the
-layers above are dropped and a fresh dropout + linear classifier reads the flattened output of layer l.
+so the hybrid configurations of the 2019 paper's Table 2 ("HHGGGG", "RRGGGG", "GHGGGG", "GGGGGH", ...) are
+buildable. The classifier letter is G (dropout 0.5 + linear, trained by backprop), R (the same, frozen random)
+or H (`HebbianClassifier`: a linear read-out learned with the supervised teacher-signal form of the rule,
+seed 001 §3.3 and §5.1). A network may be *cut* after layer l: the layers above are dropped and a fresh
+classifier reads the flattened output of layer l.
 
 The network owns its input pre-processing as buffers (per-channel mean/std and, optionally, ZCA whitening of
 the whole image fitted on training images), so callers hand it float images in [0, 1].
@@ -116,12 +118,50 @@ def _parse_spec(arch: ArchPlan, rule: str, spec: str | None) -> str:
     spec = spec.upper()
     if len(spec) != n or set(spec) - set("HGR"):
         raise UserError(f"spec must be {n} letters from H, G, R (one per layer, classifier last), got '{spec}'")
-    if spec[-1] not in "GR":
-        raise UserError(f"spec '{spec}': the classifier (last letter) must be G or R; a Hebbian classifier is "
-                        f"not supported")
-    if "H" in spec and rule not in HEBBIAN_RULES:
+    if "H" in spec[:-1] and rule not in HEBBIAN_RULES:
         raise UserError(f"spec '{spec}' has Hebbian layers but rule '{rule}' is not one of {HEBBIAN_RULES}")
     return spec
+
+
+class HebbianClassifier(nn.Module):
+    """Linear read-out learned by a Hebbian rule with a teacher signal (seed 001 §3.3, §5.1).
+
+    Logits are the scalar products of the input with the unit-norm class vectors, x · w_c / ‖w_c‖. Learning
+    replaces the neuron outputs by the one-hot teacher signal of the labels (`hebb.rules.teacher_signal`):
+    with it, every rule moves each class vector toward the mean of its class's inputs (soft-WTA and WTA:
+    Δw_c = mean_{b in c} x_b − w_c; HPCA: the same scaled by the class's share of the batch). The weight has
+    no gradient: backprop never changes it.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, rule: str = "swta"):
+        super().__init__()
+        if rule not in HEBBIAN_RULES:
+            raise UserError(f"unknown Hebbian rule {rule!r} (expected one of {', '.join(HEBBIAN_RULES)})")
+        self.in_features, self.out_features, self.rule = int(in_features), int(num_classes), rule
+        self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features), requires_grad=False)
+        nn.init.xavier_normal_(self.weight)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rule={self.rule!r}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        norms = w.norm(dim=1, keepdim=True)
+        return F.linear(x, w / torch.where(norms > 0, norms, torch.ones_like(norms)))
+
+    @torch.no_grad()
+    def hebbian_delta(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The supervised update dW (num_classes, in_features), no learning rate, for inputs x (N, D)."""
+        from hebb import rules
+
+        x = x.flatten(1).to(self.weight.dtype)
+        teacher = rules.teacher_signal(labels.to(x.device), self.out_features, self.out_features)
+        w = self.weight.detach()
+        if self.rule == "hpca":
+            return rules.hpca_delta(x, w, y=teacher)
+        if self.rule == "swta":
+            return rules.swta_delta(x, w, y=teacher)
+        return rules.wta_delta(x, w, y=teacher)
 
 
 class HebbNet(nn.Module):
@@ -151,9 +191,7 @@ class HebbNet(nn.Module):
             self.layers.append(FeatureLayer(kind, channels, lp, rule, temperature))
             channels = lp.out_channels
         self.dropout = nn.Dropout(0.5)
-        self.classifier = nn.Linear(self._flat_dim(plan, cut_layer), self.num_classes)
-        if self.spec[-1] == "R":
-            self.classifier.requires_grad_(False)
+        self.classifier = self._make_classifier(self._flat_dim(plan, cut_layer))
 
         d = plan.in_channels * plan.input_size ** 2
         self.register_buffer("input_mean", torch.tensor(CIFAR_MEAN[: plan.in_channels]))
@@ -162,6 +200,26 @@ class HebbNet(nn.Module):
         self.register_buffer("zca_mean", torch.zeros(d if self.use_zca else 0))
         self.register_buffer("zca_matrix", torch.eye(d) if self.use_zca else torch.zeros(0, 0))
         self.register_buffer("input_fitted", torch.tensor(False))
+
+    def _make_classifier(self, in_features: int) -> nn.Module:
+        """The read-out the spec's last letter asks for: linear (G), frozen linear (R) or Hebbian (H)."""
+        kind = self.spec[-1]
+        if kind == "H":
+            return HebbianClassifier(in_features, self.num_classes, self.classifier_rule)
+        head = nn.Linear(in_features, self.num_classes)
+        if kind == "R":
+            head.requires_grad_(False)
+        return head
+
+    @property
+    def classifier_kind(self) -> str:
+        """"G" (linear, backprop), "R" (linear, frozen) or "H" (`HebbianClassifier`)."""
+        return self.spec[-1]
+
+    @property
+    def classifier_rule(self) -> str:
+        """Rule of a Hebbian classifier: the net's Hebbian rule, soft-WTA for the other nets."""
+        return self.rule if self.rule in HEBBIAN_RULES else "swta"
 
     @staticmethod
     def _flat_dim(plan: ArchPlan, layer: int) -> int:
@@ -272,24 +330,28 @@ class HebbNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits of float images in [0, 1]."""
-        return self.classifier(self.dropout(self.features(x).flatten(1)))
+        x = self.features(x).flatten(1)
+        return self.classifier(x if self.classifier_kind == "H" else self.dropout(x))
 
     # ------------------------------------------------------------------------------------------ cutting
 
-    def cut(self, layer: int, num_classes: int | None = None) -> "HebbNet":
-        """Drop the layers above `layer` and put a fresh dropout + linear classifier on it (in place).
+    def cut(self, layer: int, num_classes: int | None = None, classifier: str | None = None) -> "HebbNet":
+        """Drop the layers above `layer` and put a fresh classifier on it (in place).
 
-        Returns self. The new classifier is on the net's device; `cut_layer` records the cut.
+        classifier: "G", "R" or "H" (see the module docstring); None keeps the spec's kind. Returns self. The
+        new classifier is on the net's device; `cut_layer` records the cut and `spec` the classifier kind.
         """
         self._check_layer(layer)
+        if classifier is not None:
+            if classifier.upper() not in ("G", "R", "H"):
+                raise UserError(f"classifier must be G, R or H, got '{classifier}'")
+            self.spec = self.spec[:-1] + classifier.upper()
         device = self.input_mean.device
         plan = ARCHITECTURES[self.arch]
         del self.layers[layer:]
         self.cut_layer = layer
         self.num_classes = int(num_classes or self.num_classes)
-        self.classifier = nn.Linear(self._flat_dim(plan, layer), self.num_classes).to(device)
-        if self.spec[-1] == "R":
-            self.classifier.requires_grad_(False)
+        self.classifier = self._make_classifier(self._flat_dim(plan, layer)).to(device)
         return self
 
 
@@ -298,7 +360,8 @@ def build_network(arch: str = "cifar6", num_classes: int = 10, rule: str = "hpca
     """Build a network of `arch` (see `ARCHITECTURES`).
 
     rule: "hpca" | "swta" | "wta" (the rule of the H layers; default spec "HHHHHG"), "sgd" / "vae" (all G),
-    "random" (feature layers R, classifier G). spec: one letter per layer (H, G, R), classifier last.
+    "random" (feature layers R, classifier G). spec: one letter per layer (H, G, R), classifier last; an H
+    classifier (`HebbianClassifier`) is allowed with every rule, H feature layers only with a Hebbian one.
     options: cut_layer (1..5, default 5), zca (default: True for swta/wta), temperature (soft-WTA, 0.02).
     """
     return HebbNet(arch=arch, num_classes=num_classes, rule=rule, spec=spec, **options)

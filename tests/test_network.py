@@ -67,7 +67,7 @@ def test_specs_build_the_right_layer_kinds_and_train_the_right_parameters():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(spec="HHX"), "6 letters"),
-    (dict(spec="HHHHHH"), "classifier"),
+    (dict(spec="HHHHHX"), "6 letters from H, G, R"),
     (dict(rule="sgd", spec="HGGGGG"), "not one of"),
     (dict(rule="oja"), "unknown rule"),
     (dict(arch="resnet"), "unknown architecture"),

@@ -42,8 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "end on the labelled images of the regime (percent of the training split, stratified, "
                     "seeded), keeping the epoch with the best validation accuracy. The default recipe is the "
                     "reference's: SGD with Nesterov momentum 0.9, lr 1e-3 for half the epochs then halved every "
-                    "epoch, L2 5e-2 (1e-2 for more than 10 classes). Reports test accuracy at the end.",
-        epilog="example: hebbir finetune --init models/hpca.pt --regime 10 --layer 5 --out models/hpca-r10.pt")
+                    "epoch, L2 5e-2 (1e-2 for more than 10 classes). With --classifier hebbian the trunk stays "
+                    "frozen and a Hebbian classifier learns from the labels as a teacher signal (each class "
+                    "vector moves toward its class's mean feature; lr 0.1, 2 epochs by default). Reports test "
+                    "accuracy at the end.",
+        epilog="examples: hebbir finetune --init models/hpca.pt --regime 10 --layer 5 --out models/hpca-r10.pt\n"
+               "          hebbir finetune --init models/hpca.pt --classifier hebbian --out models/hpca-hebb.pt",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     start = f.add_mutually_exclusive_group(required=True)
     start.add_argument("--init", type=Path, help="checkpoint to start from (from hebbir pretrain)")
     start.add_argument("--from-scratch", action="store_true", help="baseline: a fresh network trained by SGD only")
@@ -53,9 +58,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--regime", type=float, default=10.0,
                    help="percent of the training split that carries labels, in (0, 100] (default: 10)")
     f.add_argument("--layer", type=int, default=5, help="cut the network after this layer, 1..5 (default: 5)")
-    f.add_argument("--epochs", type=positive_int, default=20, help="epochs (default: 20)")
+    f.add_argument("--classifier", choices=("linear", "hebbian"), default="linear",
+                   help="linear: dropout + linear layer, everything trained by backprop (default); hebbian: "
+                        "frozen trunk, classifier learned with the teacher-signal Hebbian rule")
+    f.add_argument("--epochs", type=positive_int, default=None,
+                   help="epochs (default: 20 for a linear classifier, 2 for a Hebbian one)")
     f.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default: 64)")
-    f.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (default: 1e-3)")
+    f.add_argument("--lr", type=float, default=None,
+                   help="initial learning rate (default: 1e-3 for a linear classifier, 0.1 for a Hebbian one)")
     f.add_argument("--weight-decay", type=float, default=None,
                    help="L2 penalty (default: 5e-2 for 10 classes, 1e-2 for more)")
     f.add_argument("--augment", action="store_true", help="random translations and flips of the training images")
@@ -125,14 +135,22 @@ def _finetune(args: argparse.Namespace) -> int:
     from hebb.checkpoint import file_checksum, load_checkpoint, save_checkpoint
     from hebb.data import load_splits, regime_indices
     from hebb.errors import UserError
-    from hebb.finetune import accuracy, finetune
+    from hebb.finetune import accuracy, finetune, train_hebbian_classifier
 
     if not 0 < args.regime <= 100:
         raise UserError(f"--regime must be a percentage in (0, 100], got {args.regime:g}")
     if not 1 <= args.layer <= 5:
         raise UserError(f"--layer must be in 1..5, got {args.layer}")
+    hebbian = args.classifier == "hebbian"
+    args.epochs = args.epochs or (2 if hebbian else 20)
+    args.lr = (0.1 if hebbian else 1e-3) if args.lr is None else args.lr
     if not args.lr > 0:
         raise UserError(f"--lr must be positive, got {args.lr}")
+    if hebbian and args.from_scratch:
+        raise UserError("--classifier hebbian reads a trunk that is already trained; it cannot train one from "
+                        "scratch (use --init, or --from-random for random features)")
+    if hebbian and (args.augment or args.weight_decay is not None):
+        raise UserError("--augment and --weight-decay apply to backprop; a Hebbian classifier takes neither")
     device = resolve_device(args.device)
     init_meta = None
     if args.init is not None:
@@ -147,8 +165,9 @@ def _finetune(args: argparse.Namespace) -> int:
     val = _sample(splits["val"], args.limit, args.seed)
     test = _sample(splits["test"], args.limit, args.seed)
     unlabelled = _sample(splits["train"], args.limit, args.seed).images  # input statistics of the baselines
-    options = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                   augment=args.augment)
+    options = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    if not hebbian:
+        options.update(weight_decay=args.weight_decay, augment=args.augment)
     if args.from_scratch:
         method = "sgd"
         net, stats = train_from_scratch(labelled, val, layer=args.layer, device=device, seed=args.seed,
@@ -156,27 +175,29 @@ def _finetune(args: argparse.Namespace) -> int:
     elif args.from_random:
         method = "random"
         net, stats = random_frozen(labelled, val, layer=args.layer, device=device, seed=args.seed,
-                                   unlabelled=unlabelled, **options)
+                                   unlabelled=unlabelled, classifier="H" if hebbian else "G", **options)
     else:
         method = init_meta.get("network", {}).get("rule", "?")
         if args.layer > net.num_feature_layers:
             raise UserError(f"{args.init} was cut after layer {net.num_feature_layers}; --layer must be at most "
                             f"that")
-        net, stats = finetune(net, labelled, val, layer=args.layer, device=device, seed=args.seed, **options)
+        train_fn = train_hebbian_classifier if hebbian else finetune
+        net, stats = train_fn(net, labelled, val, layer=args.layer, device=device, seed=args.seed, **options)
     test_acc = accuracy(net, test.images, test.labels, device) if len(test) else {}
     save_checkpoint(args.out, net, {
         "stage": "finetune", "method": method, "dataset": args.dataset, "split_seed": args.split_seed,
-        "classes": classes, "regime": args.regime, "layer": args.layer,
+        "classes": classes, "regime": args.regime, "layer": args.layer, "classifier": args.classifier,
         "init": None if args.init is None else {"path": str(args.init), "sha256": file_checksum(args.init),
                                                 "meta": init_meta},
-        "training": {**options, "seed": args.seed, "limit": args.limit, "device": str(device),
-                     "weight_decay": stats["weight_decay"]},
+        "training": {**options, "classifier": args.classifier, "seed": args.seed, "limit": args.limit,
+                     "device": str(device), "weight_decay": stats["weight_decay"]},
         "timings": {k: stats[k] for k in ("time_s", "epoch_times_s", "images_per_s")},
         "metrics": {"val_acc": stats["val_acc"], "best_epoch": stats["best_epoch"],
                     **{f"test_{k}": v for k, v in test_acc.items()}},
         "history": stats["history"]})
     test_text = f", test acc {test_acc['top1']:.2%}" if test_acc else ""
-    print(f"fine-tuned {method} layer {args.layer} on {len(labelled)} labelled images ({args.regime:g}% regime): "
+    head = "a Hebbian classifier on " if hebbian else ""
+    print(f"fine-tuned {head}{method} layer {args.layer} on {len(labelled)} labelled images ({args.regime:g}% regime): "
           f"{stats['epochs']} epochs in {stats['time_s']:.1f} s ({stats['images_per_s']:.0f} images/s on {device}); "
           f"best val acc {stats['val_acc']:.2%} (epoch {stats['best_epoch']}){test_text}; saved {args.out}")
     return 0
