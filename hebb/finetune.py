@@ -96,6 +96,27 @@ def _check_sets(train: ArraySet, val: ArraySet | None) -> int:
     return len(train.classes)
 
 
+def _end_epoch(net: nn.Module, val: ArraySet | None, device: torch.device, t0: float,
+               epoch_times: list[float]) -> float | None:
+    """Wait for the device, record the epoch's seconds, return the validation top-1 (None without val)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    epoch_times.append(round(time.perf_counter() - t0, 3))
+    if val is None or not len(val):
+        return None
+    return accuracy(net, val.images, val.labels, device, topk=(1,))["top1"]
+
+
+def _run_stats(val: ArraySet | None, best_acc: float, best_epoch: int, epoch_times: list[float], started: float,
+               images: int, **settings) -> dict:
+    """The stats dict of a training run: best validation accuracy, timings, rate, and the run's settings."""
+    train_time = sum(epoch_times) or 1e-9
+    return {"val_acc": best_acc if val is not None and len(val) else None, "best_epoch": best_epoch,
+            "epochs": len(epoch_times), "time_s": round(time.perf_counter() - started, 3),
+            "epoch_times_s": epoch_times, "images_per_s": round(images * len(epoch_times) / train_time, 1),
+            "images": images, **settings}
+
+
 def _sgd(params, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
 
@@ -170,11 +191,7 @@ def finetune(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int = 5
             seen += len(idx)
             bar.update(len(idx))
         bar.close()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        epoch_times.append(round(time.perf_counter() - t0, 3))
-        val_acc = accuracy(net, val.images, val.labels, device, topk=(1,))["top1"] if val is not None and len(val) \
-            else None
+        val_acc = _end_epoch(net, val, device, t0, epoch_times)
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                   "train_loss": round(loss_sum.item() / max(seen, 1), 5),
                   "train_acc": round(correct.item() / max(seen, 1), 5), "val_acc": val_acc}
@@ -189,13 +206,8 @@ def finetune(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int = 5
             best_state = copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
     net.eval()
-    train_time = sum(epoch_times) or 1e-9
-    stats = {"val_acc": best_acc if val is not None and len(val) else None, "best_epoch": best_epoch,
-             "epochs": epochs, "time_s": round(time.perf_counter() - started, 3), "epoch_times_s": epoch_times,
-             "images_per_s": round(len(images) * epochs / train_time, 1), "images": len(images),
-             "layer": layer, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-             "augment": augment, "history": history}
-    return net, stats
+    return net, _run_stats(val, best_acc, best_epoch, epoch_times, started, len(images), layer=layer, lr=lr,
+                           weight_decay=weight_decay, batch_size=batch_size, augment=augment, history=history)
 
 
 def train_hebbian_classifier(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int = 5,
@@ -235,11 +247,7 @@ def train_hebbian_classifier(net: HebbNet, train: ArraySet, val: ArraySet | None
                 head.weight.add_(head.hebbian_delta(feats, labels[idx]), alpha=lr)
                 bar.update(len(idx))
         bar.close()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        epoch_times.append(round(time.perf_counter() - t0, 3))
-        val_acc = accuracy(net, val.images, val.labels, device, topk=(1,))["top1"] if val is not None and len(val) \
-            else None
+        val_acc = _end_epoch(net, val, device, t0, epoch_times)
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": None,
                   "train_acc": round(correct.item() / len(images), 5), "val_acc": val_acc}
         history.append(record)
@@ -250,13 +258,9 @@ def train_hebbian_classifier(net: HebbNet, train: ArraySet, val: ArraySet | None
         if score > best_acc:
             best_acc, best_epoch, best_weight = score, epoch + 1, head.weight.detach().clone()
     head.weight.copy_(best_weight)
-    train_time = sum(epoch_times) or 1e-9
-    stats = {"val_acc": best_acc if val is not None and len(val) else None, "best_epoch": best_epoch,
-             "epochs": epochs, "time_s": round(time.perf_counter() - started, 3), "epoch_times_s": epoch_times,
-             "images_per_s": round(len(images) * epochs / train_time, 1), "images": len(images),
-             "layer": layer, "lr": lr, "weight_decay": None, "batch_size": batch_size, "augment": False,
-             "classifier": "hebbian", "rule": head.rule, "history": history}
-    return net, stats
+    return net, _run_stats(val, best_acc, best_epoch, epoch_times, started, len(images), layer=layer, lr=lr,
+                           weight_decay=None, batch_size=batch_size, augment=False, classifier="hebbian",
+                           rule=head.rule, history=history)
 
 
 @torch.no_grad()
