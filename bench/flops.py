@@ -55,7 +55,7 @@ def layer_shapes(arch: str = "cifar6") -> list[LayerShape]:
     shapes, channels, side = [], plan.in_channels, plan.input_size
     for i, lp in enumerate(plan.layers, start=1):
         conv = side - lp.kernel_size + 1
-        out = conv // 2 if lp.pool else conv
+        out = conv // lp.pool if lp.pool > 1 else conv
         shapes.append(LayerShape(i, channels, side, lp.kernel_size, lp.out_channels, conv, out))
         channels, side = lp.out_channels, out
     return shapes

@@ -59,7 +59,7 @@ def unfused_epoch(net, images: torch.Tensor, device: torch.device, batch_size: i
             side = x.shape[-1] - k + 1
             y = torch.relu(rows @ w_used.T).reshape(x.shape[0], side, side, m).permute(0, 3, 1, 2)
             if block.pool:
-                y = F.max_pool2d(y, 2)
+                y = F.max_pool2d(y, block.pool)
             x = block.bn(y)
         for block, dw in zip(net.layers, deltas):
             block.conv.weight.add_(dw.reshape_as(block.conv.weight), alpha=lr)

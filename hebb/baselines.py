@@ -6,7 +6,8 @@
   MSE + 0.5·KL; SGD with Nesterov momentum 0.9, lr 1e-3 then halved every epoch in the second half, no L2.
   The reconstruction term is the per-pixel mean and the KL is divided by the pixel count too, i.e. the
   summed β-VAE loss scaled by 1/3072, which keeps plain SGD at lr 1e-3 stable.
-  Then fine-tune the trunk like a Hebbian one.
+  Then fine-tune the trunk like a Hebbian one. The decoder mirrors cifar6 only: other architectures are refused
+  (`check_vae_arch`).
 - `random_frozen`: random R layers, only the classifier (and nothing else) learns; with classifier="H" it is
   a Hebbian classifier (`hebb.finetune.train_hebbian_classifier`), the 2019 paper's "RRRRRH".
 """
@@ -25,32 +26,43 @@ from tqdm.auto import tqdm
 from hebb.data import ArraySet, to_float
 from hebb.errors import UserError
 from hebb.finetune import finetune, reference_lr, train_hebbian_classifier
-from hebb.network import ARCHITECTURES, HebbNet, build_network
+from hebb.network import ARCHITECTURES, HebbNet, architecture, build_network
 from hebb.pretrain import recalibrate_batchnorm
 
 LATENTS = 256
+#: Architectures the VAE baseline has a mirror decoder for.
+VAE_ARCHS = ("cifar6",)
 
 
-def train_from_scratch(train: ArraySet, val: ArraySet | None, layer: int = 5, arch: str = "cifar6",
+def check_vae_arch(arch: str) -> None:
+    """A `UserError` unless the VAE baseline supports `arch` (its decoder mirrors the cifar6 trunk only)."""
+    architecture(arch)  # an unknown name says so
+    if arch not in VAE_ARCHS:
+        raise UserError(f"VAE pre-training has a decoder for {', '.join(VAE_ARCHS)} only, not '{arch}'")
+
+
+def train_from_scratch(train: ArraySet, val: ArraySet | None, layer: int | None = None, arch: str = "cifar6",
                        device: torch.device | str = "cpu", seed: int = 0, unlabelled: torch.Tensor | None = None,
                        **finetune_options) -> tuple[HebbNet, dict]:
-    """SGD from scratch: a fresh all-G net (seeded), input normalisation fitted, then `finetune`."""
+    """SGD from scratch: a fresh all-G net (seeded), input normalisation fitted, then `finetune`.
+
+    layer None: the architecture's top feature layer."""
     torch.manual_seed(seed)
     net = build_network(arch, num_classes=len(train.classes), rule="sgd", cut_layer=layer)
     net.to(device).fit_input(train.images if unlabelled is None else unlabelled, seed=seed)
     return finetune(net, train, val, layer=layer, device=device, seed=seed, **finetune_options)
 
 
-def random_frozen(train: ArraySet, val: ArraySet | None, layer: int = 5, arch: str = "cifar6",
+def random_frozen(train: ArraySet, val: ArraySet | None, layer: int | None = None, arch: str = "cifar6",
                   device: torch.device | str = "cpu", seed: int = 0, unlabelled: torch.Tensor | None = None,
                   classifier: str = "G", **train_options) -> tuple[HebbNet, dict]:
     """Random frozen features: R layers (seeded), BN statistics measured, then only the classifier trains.
 
-    classifier "G": `finetune` (its options in train_options); "H": `train_hebbian_classifier`.
+    classifier "G": `finetune` (its options in train_options); "H": `train_hebbian_classifier`. layer None:
+    the architecture's top feature layer.
     """
     torch.manual_seed(seed)
-    depth = len(ARCHITECTURES[arch].layers) if arch in ARCHITECTURES else 0  # unknown: build_network says so
-    spec = "R" * depth + classifier.upper()
+    spec = "R" * len(architecture(arch).layers) + classifier.upper()
     net = build_network(arch, num_classes=len(train.classes), rule="random", spec=spec, cut_layer=layer)
     images = train.images if unlabelled is None else unlabelled
     net.to(device).fit_input(images, seed=seed)
@@ -88,11 +100,11 @@ class VAE(nn.Module):
 
     def __init__(self, net: HebbNet, latents: int = LATENTS):
         super().__init__()
-        if net.arch != "cifar6":
-            raise UserError(f"VAE pre-training has a decoder for 'cifar6' only, not '{net.arch}'")
-        if net.num_feature_layers != 5 or set(net.spec[:5]) != {"G"}:
+        check_vae_arch(net.arch)
+        depth = len(ARCHITECTURES[net.arch].layers)
+        if net.num_feature_layers != depth or set(net.spec[:depth]) != {"G"}:
             raise UserError(f"VAE pre-training needs the whole trunk trainable by backprop (spec GGGGG.., "
-                            f"5 layers), got spec '{net.spec}' cut after layer {net.num_feature_layers}")
+                            f"{depth} layers), got spec '{net.spec}' cut after layer {net.num_feature_layers}")
         self.net = net
         self.to_latent = nn.Linear(4096, 2 * latents)
         self.decoder = CifarDecoder(latents)
@@ -100,7 +112,7 @@ class VAE(nn.Module):
     def loss(self, x: torch.Tensor, beta: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(total, reconstruction MSE, KL) for float images x in [0, 1]; see the module docstring."""
         target = self.net.preprocess(x)
-        mu, logvar = self.to_latent(self.net.features(x, 5)).chunk(2, dim=1)
+        mu, logvar = self.to_latent(self.net.features(x)).chunk(2, dim=1)
         logvar = logvar.clamp(-10, 10)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         recon = self.decoder(z)

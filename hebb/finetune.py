@@ -26,11 +26,15 @@ from tqdm.auto import tqdm
 
 from hebb.data import ArraySet, to_float
 from hebb.errors import UserError
-from hebb.network import HebbNet, trainable_parameters
+from hebb.network import ARCHITECTURES, HebbNet, trainable_parameters
 
 
-def default_weight_decay(num_classes: int) -> float:
-    """The reference L2 penalty: 5e-2 for CIFAR-10-sized problems, 1e-2 for CIFAR-100."""
+def default_weight_decay(num_classes: int, arch: str = "cifar6") -> float:
+    """The reference L2 penalty: for cifar6 5e-2 for CIFAR-10-sized problems, 1e-2 for CIFAR-100; an
+    architecture with its own reference value (imagenet10: 1e-3, `ArchPlan.weight_decay`) gets that."""
+    plan = ARCHITECTURES.get(arch)
+    if plan is not None and plan.weight_decay is not None:
+        return plan.weight_decay
     return 5e-2 if num_classes <= 10 else 1e-2
 
 
@@ -121,8 +125,10 @@ def _sgd(params, lr: float, weight_decay: float, momentum: float) -> torch.optim
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
 
 
-def _cut_for(net: HebbNet, layer: int, num_classes: int, classifier: str | None) -> None:
-    """Cut `net` after `layer` with a fresh classifier unless it already has the asked-for one."""
+def _cut_for(net: HebbNet, layer: int | None, num_classes: int, classifier: str | None) -> int:
+    """Cut `net` after `layer` (None: its top layer) with a fresh classifier unless it already has the
+    asked-for one; return the layer."""
+    layer = net.num_feature_layers if layer is None else layer
     if layer > net.num_feature_layers:
         raise UserError(f"this network was cut after layer {net.num_feature_layers}; cannot fine-tune at "
                         f"layer {layer}")
@@ -130,16 +136,18 @@ def _cut_for(net: HebbNet, layer: int, num_classes: int, classifier: str | None)
     if net.cut_layer != layer or net.num_classes != num_classes or net.classifier.out_features != num_classes \
             or kind != net.classifier_kind:
         net.cut(layer, num_classes, classifier=kind)
+    return layer
 
 
-def finetune(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int = 5, epochs: int = 20,
+def finetune(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int | None = None, epochs: int = 20,
              batch_size: int = 64, lr: float = 1e-3, weight_decay: float | None = None, momentum: float = 0.9,
              augment: bool = False, device: torch.device | str = "cpu", seed: int = 0,
              progress: bool = True) -> tuple[HebbNet, dict]:
     """Fine-tune `net` cut after `layer` end to end on the labelled `train` set; early stopping on `val`.
 
-    If the net is not yet cut at `layer` for this many classes, it is cut (a fresh classifier of the spec's
-    kind; a Hebbian classifier, which backprop cannot train, is replaced by a linear one: to train that, use
+    layer None: the net's top feature layer (5 for a whole cifar6 net, 9 for imagenet10). If the net is not
+    yet cut at `layer` for this many classes, it is cut (a fresh classifier of the spec's kind; a Hebbian
+    classifier, which backprop cannot train, is replaced by a linear one: to train that, use
     `train_hebbian_classifier`). R layers stay frozen. weight_decay None = `default_weight_decay`. Returns
     (net with the best epoch's weights, in eval mode, stats): val_acc (best top-1 fraction, None without
     val), best_epoch, epochs, time_s, epoch_times_s, images_per_s, history (per epoch: epoch, lr,
@@ -149,8 +157,8 @@ def finetune(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int = 5
     num_classes = _check_sets(train, val)
     if epochs < 1 or batch_size < 2 or not lr > 0:
         raise UserError(f"need epochs >= 1, batch size >= 2 and lr > 0 (got {epochs}, {batch_size}, {lr})")
-    _cut_for(net, layer, num_classes, "G" if net.classifier_kind == "H" else None)  # backprop needs a linear head
-    weight_decay = default_weight_decay(num_classes) if weight_decay is None else weight_decay
+    layer = _cut_for(net, layer, num_classes, "G" if net.classifier_kind == "H" else None)  # backprop: linear
+    weight_decay = default_weight_decay(num_classes, net.arch) if weight_decay is None else weight_decay
     torch.manual_seed(seed)  # dropout
     net.to(device)
     net.set_hebbian_learning(False)
@@ -210,22 +218,22 @@ def finetune(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int = 5
                            weight_decay=weight_decay, batch_size=batch_size, augment=augment, history=history)
 
 
-def train_hebbian_classifier(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int = 5,
+def train_hebbian_classifier(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int | None = None,
                              epochs: int = 2, batch_size: int = 64, lr: float = 0.1,
                              device: torch.device | str = "cpu", seed: int = 0,
                              progress: bool = True) -> tuple[HebbNet, dict]:
     """Train a Hebbian classifier (teacher signal) on the frozen features of `net` cut after `layer`.
 
-    The net is cut with a fresh `HebbianClassifier` unless it already has one there; the trunk runs in eval
-    mode and never changes. Each batch applies W += lr · dW (plain, as the reference's lr 0.1); the epoch
-    with the best validation accuracy is kept. Returns (net in eval mode, stats) with the keys of
-    `finetune`'s stats (weight_decay None, augment False).
+    The net is cut (layer None: its top feature layer) with a fresh `HebbianClassifier` unless it already
+    has one there; the trunk runs in eval mode and never changes. Each batch applies W += lr · dW (plain, as
+    the reference's lr 0.1); the epoch with the best validation accuracy is kept. Returns (net in eval mode,
+    stats) with the keys of `finetune`'s stats (weight_decay None, augment False).
     """
     device = torch.device(device)
     num_classes = _check_sets(train, val)
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise UserError(f"need epochs >= 1, batch size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
-    _cut_for(net, layer, num_classes, "H")
+    layer = _cut_for(net, layer, num_classes, "H")
     net.to(device).eval()
     head = net.classifier
     generator = torch.Generator(device=device).manual_seed(seed)

@@ -1,7 +1,10 @@
-"""The networks of DESIGN.md §3: the CIFAR 6-layer net and its Hebbian / backprop / random-frozen variants.
+"""The networks of DESIGN.md §3 and their Hebbian / backprop / random-frozen variants.
 
-A network is a stack of feature layers (1..5 for "cifar6") and a classifier (dropout 0.5 + linear). Each
-feature layer is built from one letter of a *spec* string (layers 1..6, the last one the classifier):
+Two architectures (`ARCHITECTURES`): "cifar6", the CIFAR 6-layer net (32x32 input, feature layers 1..5), and
+"imagenet10", the reference's 10-layer ImageNet-size net (210x210 input, feature layers 1..9). A network is
+a stack of feature layers and a classifier (dropout 0.5 + linear). Each feature layer is built from one
+letter of a *spec* string (one letter per layer, the last one the classifier: 6 letters for cifar6, 10 for
+imagenet10):
 
     H  Hebbian: `HebbConv2d` with the network's rule (learns in `pretrain`, and by backprop when fine-tuned)
     G  gradient descent: a plain convolution + ReLU, trained by backprop only
@@ -39,35 +42,88 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """One feature layer: conv(kernel) -> ReLU -> [maxpool 2] -> BN or BN*."""
+    """One feature layer: conv(kernel) -> ReLU -> [maxpool `pool`] -> BN or BN*.
+
+    pool: max-pooling kernel size, equal to its stride (0 or 1: no pooling).
+    """
 
     out_channels: int
     kernel_size: int
-    pool: bool
+    pool: int
     bn_star: bool
 
 
 @dataclass(frozen=True)
 class ArchPlan:
+    """An architecture: input side and channels, feature layers bottom up (the last one is fully connected:
+    its kernel covers the whole map below), and the reference's training settings where they differ from the
+    library defaults (documented suggestions; see `hebb.finetune.default_weight_decay`).
+
+    zca_ok: whether whole-image ZCA whitening is possible (its matrix is (3·side²)² floats).
+    hebbian_lr: the reference's Hebbian pre-training learning rate for this architecture.
+    weight_decay: the reference's fine-tuning L2 penalty, or None for the class-count rule of cifar6.
+    """
+
     input_size: int
     in_channels: int
     layers: tuple[LayerPlan, ...]
+    zca_ok: bool = True
+    hebbian_lr: float = 1e-3
+    weight_decay: float | None = None
 
 
-#: Architecture registry: name -> plan. A second architecture (the 10-layer ImageNet net) slots in here.
+#: Architecture registry: name -> plan.
 ARCHITECTURES: dict[str, ArchPlan] = {
     "cifar6": ArchPlan(
         input_size=32,
         in_channels=3,
         layers=(
-            LayerPlan(96, 5, pool=True, bn_star=False),    # 96x14x14
-            LayerPlan(128, 3, pool=False, bn_star=False),  # 128x12x12
-            LayerPlan(192, 3, pool=True, bn_star=True),    # 192x5x5
-            LayerPlan(256, 3, pool=False, bn_star=True),   # 256x3x3
-            LayerPlan(4096, 3, pool=False, bn_star=True),  # fully connected 2304 -> 4096 (kernel = whole map)
+            LayerPlan(96, 5, pool=2, bn_star=False),    # 96x14x14
+            LayerPlan(128, 3, pool=0, bn_star=False),   # 128x12x12
+            LayerPlan(192, 3, pool=2, bn_star=True),    # 192x5x5
+            LayerPlan(256, 3, pool=0, bn_star=True),    # 256x3x3
+            LayerPlan(4096, 3, pool=0, bn_star=True),   # fully connected 2304 -> 4096 (kernel = whole map)
         ),
     ),
+    # The reference's ImageNet-size net (FastHebb code). Hebbian lr 1e-4 and fine-tuning L2 1e-3 are the
+    # reference's ImageNet settings. Whole-image ZCA would need a 132,300 x 132,300 matrix (70 GB): none.
+    "imagenet10": ArchPlan(
+        input_size=210,
+        in_channels=3,
+        layers=(
+            LayerPlan(96, 7, pool=3, bn_star=False),    # 96x68x68
+            LayerPlan(128, 3, pool=0, bn_star=False),   # 128x66x66
+            LayerPlan(192, 3, pool=2, bn_star=False),   # 192x32x32
+            LayerPlan(192, 3, pool=0, bn_star=False),   # 192x30x30
+            LayerPlan(256, 3, pool=2, bn_star=False),   # 256x14x14
+            LayerPlan(256, 3, pool=0, bn_star=False),   # 256x12x12
+            LayerPlan(384, 3, pool=2, bn_star=True),    # 384x5x5
+            LayerPlan(512, 3, pool=0, bn_star=True),    # 512x3x3
+            LayerPlan(4096, 3, pool=0, bn_star=True),   # fully connected 4608 -> 4096 (kernel = whole map)
+        ),
+        zca_ok=False,
+        hebbian_lr=1e-4,
+        weight_decay=1e-3,
+    ),
 }
+
+
+def architecture(arch: str) -> ArchPlan:
+    """The plan of architecture `arch`; an unknown name is a `UserError` listing the known ones."""
+    if arch not in ARCHITECTURES:
+        raise UserError(f"unknown architecture '{arch}' (known: {', '.join(ARCHITECTURES)})")
+    return ARCHITECTURES[arch]
+
+
+def layer_shapes(plan: ArchPlan) -> list[tuple[int, int]]:
+    """(channels, side) of the output of every feature layer of `plan`, bottom up (no padding)."""
+    shapes, size = [], plan.input_size
+    for lp in plan.layers:
+        size = size - lp.kernel_size + 1
+        if lp.pool > 1:
+            size //= lp.pool
+        shapes.append((lp.out_channels, size))
+    return shapes
 
 
 class BatchNormStar(nn.BatchNorm2d):
@@ -97,7 +153,7 @@ class FeatureLayer(nn.Module):
                                    temperature=temperature)
         else:
             self.conv = nn.Conv2d(in_channels, plan.out_channels, plan.kernel_size, bias=False)
-        self.pool = plan.pool
+        self.pool = plan.pool if plan.pool > 1 else 0
         self.bn = (BatchNormStar if plan.bn_star else nn.BatchNorm2d)(plan.out_channels)
         if kind == "R":
             self.requires_grad_(False)
@@ -107,7 +163,7 @@ class FeatureLayer(nn.Module):
         if self.kind != "H":
             x = F.relu(x)
         if self.pool:
-            x = F.max_pool2d(x, 2)
+            x = F.max_pool2d(x, self.pool)
         return self.bn(x)
 
 
@@ -170,16 +226,19 @@ class HebbNet(nn.Module):
     def __init__(self, arch: str = "cifar6", num_classes: int = 10, rule: str = "hpca", spec: str | None = None,
                  cut_layer: int | None = None, zca: bool | None = None, temperature: float = 0.02):
         super().__init__()
-        if arch not in ARCHITECTURES:
-            raise UserError(f"unknown architecture '{arch}' (known: {', '.join(ARCHITECTURES)})")
+        plan = architecture(arch)
         if rule not in RULES:
             raise UserError(f"unknown rule '{rule}' (known: {', '.join(RULES)})")
-        plan = ARCHITECTURES[arch]
         self.arch, self.rule, self.temperature = arch, rule, float(temperature)
         self.spec = _parse_spec(plan, rule, spec)
         self.num_classes = int(num_classes)
         self.input_size = plan.input_size
-        self.use_zca = rule in ZCA_RULES if zca is None else bool(zca)
+        self.use_zca = (rule in ZCA_RULES and plan.zca_ok) if zca is None else bool(zca)
+        if self.use_zca and not plan.zca_ok:
+            d = plan.in_channels * plan.input_size ** 2
+            raise UserError(f"'{arch}' cannot whiten its input with ZCA: whole-image ZCA of "
+                            f"{plan.input_size}x{plan.input_size}x{plan.in_channels} images needs a {d:,} x {d:,} "
+                            f"matrix ({d * d * 4 / 1e9:,.0f} GB); build it with zca=False")
         cut_layer = len(plan.layers) if cut_layer is None else int(cut_layer)
         if not 1 <= cut_layer <= len(plan.layers):
             raise UserError(f"layer must be in 1..{len(plan.layers)}, got {cut_layer}")
@@ -223,30 +282,22 @@ class HebbNet(nn.Module):
 
     @staticmethod
     def _flat_dim(plan: ArchPlan, layer: int) -> int:
-        size, channels = plan.input_size, plan.in_channels
-        for lp in plan.layers[:layer]:
-            size = size - lp.kernel_size + 1
-            size = size // 2 if lp.pool else size
-            channels = lp.out_channels
+        channels, size = layer_shapes(plan)[layer - 1]
         return channels * size * size
 
     # ------------------------------------------------------------------------------------------ info
 
     @property
     def num_feature_layers(self) -> int:
-        """Feature layers this net has (5 for the full CIFAR net, fewer once cut)."""
+        """Feature layers this net has (5 for the full cifar6 net, 9 for imagenet10, fewer once cut)."""
         return len(self.layers)
 
     def feature_shape(self, layer: int) -> tuple[int, ...]:
         """Shape of one image's `features(x, layer)` output, without running the net."""
         self._check_layer(layer)
         plan = ARCHITECTURES[self.arch]
-        if layer == len(plan.layers):
-            return (plan.layers[-1].out_channels,)
-        size = plan.input_size
-        for lp in plan.layers[:layer]:
-            size = (size - lp.kernel_size + 1) // (2 if lp.pool else 1)
-        return (plan.layers[layer - 1].out_channels, size, size)
+        channels, size = layer_shapes(plan)[layer - 1]
+        return (channels,) if layer == len(plan.layers) else (channels, size, size)
 
     def config(self) -> dict:
         """JSON-able constructor arguments: `HebbNet(**net.config())` rebuilds the same structure."""
@@ -254,7 +305,8 @@ class HebbNet(nn.Module):
                 "cut_layer": self.cut_layer, "zca": self.use_zca, "temperature": self.temperature}
 
     def first_layer_kernels(self) -> torch.Tensor:
-        """The learned layer-1 kernels, (96, 3, 5, 5) float32 on the CPU (for drawing)."""
+        """The learned layer-1 kernels, float32 on the CPU (for drawing): (96, 3, 5, 5) for cifar6, (96, 3, 7, 7)
+        for imagenet10."""
         return self.layers[0].conv.weight.detach().float().cpu().clone()
 
     def hebbian_modules(self) -> list[tuple[int, nn.Module]]:
@@ -313,8 +365,8 @@ class HebbNet(nn.Module):
     def features(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """Activation after feature layer `layer` (1..num_feature_layers, after its BN; default: the last).
 
-        x: float (N, 3, 32, 32) in [0, 1]. Conv layers give (N, C, H, W); the fully connected layer 5 gives
-        (N, 4096).
+        x: float (N, 3, S, S) in [0, 1], S = `input_size` (32 for cifar6, 210 for imagenet10). Conv layers
+        give (N, C, H, W); the top (fully connected) layer of the architecture, 5 or 9, gives (N, 4096).
         """
         layer = self.num_feature_layers if layer is None else layer
         self._check_layer(layer)
@@ -359,10 +411,12 @@ def build_network(arch: str = "cifar6", num_classes: int = 10, rule: str = "hpca
                   **options) -> HebbNet:
     """Build a network of `arch` (see `ARCHITECTURES`).
 
-    rule: "hpca" | "swta" | "wta" (the rule of the H layers; default spec "HHHHHG"), "sgd" / "vae" (all G),
-    "random" (feature layers R, classifier G). spec: one letter per layer (H, G, R), classifier last; an H
-    classifier (`HebbianClassifier`) is allowed with every rule, H feature layers only with a Hebbian one.
-    options: cut_layer (1..5, default 5), zca (default: True for swta/wta), temperature (soft-WTA, 0.02).
+    arch: "cifar6" (5 feature layers, 32x32 input) or "imagenet10" (9 feature layers, 210x210 input).
+    rule: "hpca" | "swta" | "wta" (the rule of the H layers; default spec "HHHHHG" for cifar6), "sgd" / "vae"
+    (all G), "random" (feature layers R, classifier G). spec: one letter per layer (H, G, R), classifier last
+    (6 letters for cifar6, 10 for imagenet10); an H classifier (`HebbianClassifier`) is allowed with every
+    rule, H feature layers only with a Hebbian one. options: cut_layer (1..depth, default: all layers),
+    zca (default: True for swta/wta on cifar6; imagenet10 cannot use it), temperature (soft-WTA, 0.02).
     """
     return HebbNet(arch=arch, num_classes=num_classes, rule=rule, spec=spec, **options)
 

@@ -11,7 +11,7 @@ a sweep can be widened (more regimes, layers, seeds, methods) in the same folder
 numbers (epochs, data limit, dataset, ...) must match the folder's; otherwise the sweep refuses to mix them.
 
 The training procedures are reached only through `pretrain_method` and `finetune_run` below, the one place
-that knows the `hebb` training API.
+that knows the `hebb` training API. The sweep runs the cifar6 network (`ARCH`) only.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from tqdm.auto import tqdm
 
 from hebb.errors import UserError
 
+#: The architecture the sweep builds; imagenet10 is not supported here (its data, layers and schedules differ).
+ARCH = "cifar6"
 METHODS = ("hpca", "swta", "wta", "vae", "sgd", "random")
 #: Methods with an unsupervised pre-training stage (the others start from a fresh network).
 PRETRAINED_METHODS = ("hpca", "swta", "wta", "vae")
@@ -78,9 +80,13 @@ class SweepConfig:
         for r in self.regimes:
             if not 0 < r <= 100:
                 raise UserError(f"label regime must be a percentage in (0, 100], got {r}")
+        from hebb.network import ARCHITECTURES
+
+        depth = len(ARCHITECTURES[ARCH].layers)
         for layer in self.layers:
-            if not 1 <= layer <= 5:
-                raise UserError(f"layer must be 1..5, got {layer}")
+            if not 1 <= layer <= depth:
+                raise UserError(f"layer must be 1..{depth} (the evaluation sweep runs the {ARCH} network), "
+                                f"got {layer}")
         if self.limit is not None and self.limit < 20:
             raise UserError(f"--limit must be at least 20 images, got {self.limit}")
 
@@ -218,7 +224,7 @@ def pretrain_method(method: str, train, num_classes: int, config: SweepConfig, s
     from hebb.pretrain import recalibrate_batchnorm
 
     torch.manual_seed(seed)
-    net = build_network(num_classes=num_classes, rule=method)
+    net = build_network(ARCH, num_classes=num_classes, rule=method)
     if method not in PRETRAINED_METHODS:
         # sgd: a fresh net; random: frozen random layers whose BN statistics are measured once (as
         # hebb.baselines.random_frozen does). Both fit the input normalisation on the unlabelled images.

@@ -7,8 +7,9 @@ output rows are cosines, which is what the index searches.
 Poolings of a (C, H, W) activation: `flatten` (C*H*W), `avg` / `max` (global, C), `avgmax` (both, 2C),
 `grid` (2x2 average grid, 4C). Projections: `none`, `pca`, `pcaw` (PCA-whitening).
 
-DEFAULTS holds the per-layer choice of `pooling="auto"`, picked by mAP at a sane index size; the measured
-table is in the comment under it.
+DEFAULTS holds the per-layer choice of `pooling="auto"` for cifar6, picked by mAP at a sane index size; the
+measured table is in the comment under it. ARCH_DEFAULTS holds one such table per architecture
+(`default_reduction`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,20 @@ DEFAULTS: dict[int, tuple[str, str, int | None]] = {
 #                                          grid pcaw256 .0879/.1474
 # The fine-tuned quickstart model (CPU configuration) at layer 5, flatten + pca256, on the 40,000-image index
 # with 1,000 test queries: mAP@100 .0865, P@10 .259.
+
+# imagenet10 (210x210 input, layers 1..9). NOT MEASURED: chosen by analogy with the cifar6 table above and by
+# size. Maps of 12x12 and larger (layers 1..6) are grid-pooled (flattening layer 3 would give 196,608 floats
+# per image, and a PCA fit over 10,000 of those 7.9 GB); the small maps of layers 7..8 (9,600 and 4,608
+# floats) and the fully connected layer 9 (4,096) are flattened; everything is projected to 256 by PCA.
+IMAGENET10_DEFAULTS: dict[int, tuple[str, str, int | None]] = {
+    1: ("grid", "pcaw", 256),
+    **{layer: ("grid", "pca", 256) for layer in range(2, 7)},
+    7: ("flatten", "pca", 256),
+    8: ("flatten", "pca", 256),
+    9: ("flatten", "pca", 256),
+}
+#: architecture -> per-layer defaults (layer -> (pooling, projection, dim)).
+ARCH_DEFAULTS = {"cifar6": DEFAULTS, "imagenet10": IMAGENET10_DEFAULTS}
 # Images used to fit the projection (a seeded sample of the database when it is larger).
 FIT_SAMPLES = 10_000
 
@@ -61,6 +76,12 @@ def _as_uint8_tensor(images) -> torch.Tensor:
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"expected uint8 images (N, 3, H, W), got {tuple(images.shape)} {images.dtype}")
     return images
+
+
+def default_reduction(net, layer: int) -> tuple[str, str, int | None]:
+    """(pooling, projection, dim) that "auto" means for `layer` of `net`'s architecture."""
+    table = ARCH_DEFAULTS.get(getattr(net, "arch", "cifar6"), DEFAULTS)
+    return table.get(layer, ("flatten", "pca", 256))
 
 
 def input_side(net) -> int:
@@ -148,7 +169,7 @@ class FeatureExtractor:
         n_layers = getattr(net, "num_feature_layers", 5)
         if not isinstance(layer, int) or not 1 <= layer <= n_layers:
             raise UserError(f"layer must be 1..{n_layers}, got {layer}")
-        default_pooling, default_projection, default_dim = DEFAULTS.get(layer, ("flatten", "pca", 256))
+        default_pooling, default_projection, default_dim = default_reduction(net, layer)
         if pooling in (None, "auto"):
             pooling = default_pooling
         if pooling not in POOLINGS:

@@ -368,8 +368,8 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
 
     `images` is an image folder, a dataset `NAME[:train|val|test]` of the data directory, or an already
     listed `retrieval.sources.ImageSource` (e.g. a subset); `layer` defaults
-    to the layer a fine-tuned model was cut at (else 3); pooling/projection/dim default per layer
-    (`retrieval.features.DEFAULTS`). `factory` is "Flat" (exact) or any faiss `index_factory` string.
+    to the layer a fine-tuned model was cut at (else 3); pooling/projection/dim default per architecture and
+    layer (`retrieval.features.ARCH_DEFAULTS`). `factory` is "Flat" (exact) or any faiss `index_factory` string.
     The PCA is fitted on a seeded sample of `fit_samples` images. An existing index at `out` is replaced
     only with `force`. Returns the manifest.
     """

@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--images", required=True, help="image folder, or dataset NAME[:train|val|test]")
     b.add_argument("--out", required=True, type=Path, help="index directory to create (e.g. index_data/NAME)")
     b.add_argument("--layer", type=int, default=None,
-                   help="feature layer 1..5 (default: the top layer of a fine-tuned model, else 3)")
+                   help="feature layer, 1..5 for a cifar6 model, 1..9 for imagenet10 (default: the top layer of a "
+                        "fine-tuned model, else 3)")
     b.add_argument("--pooling", default="auto", choices=POOLING_CHOICES,
                    help="spatial pooling of the activation (default: auto = the measured best for the layer)")
     b.add_argument("--projection", default="auto", choices=PROJECTION_CHOICES,
@@ -38,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--dim", type=positive_int, default=None, help="PCA output size (default: per layer, 256)")
     b.add_argument("--factory", default="Flat",
                    help="faiss index_factory string, e.g. IVF1024,Flat or HNSW32 (default: Flat = exact)")
-    b.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
+    b.add_argument("--batch-size", type=positive_int, default=256,
+                   help="images per forward pass (default 256; use about 16 for imagenet10 models, whose layer-1 "
+                        "activations take 16 MB per image)")
     b.add_argument("--force", action="store_true", help="replace an existing index at --out")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device(b)

@@ -8,6 +8,7 @@ from pathlib import Path
 from retrieval.commands.common import add_data_dir, add_device, add_seed, positive_int, resolve_device
 
 PRETRAIN_RULES = ("hpca", "swta", "wta", "vae")
+ARCH_CHOICES = ("cifar6", "imagenet10")  # = hebb.network.ARCHITECTURES (not imported here: --help stays fast)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,17 +19,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "layers learn in the same forward pass (plain SGD on the Hebbian update). vae: the trunk "
                     "is trained as a VAE encoder (baseline). The checkpoint is rewritten after every epoch, so "
                     "an interrupted run keeps its last finished epoch.",
-        epilog="example: hebbir pretrain --dataset cifar10 --rule hpca --epochs 5 --out models/hpca.pt")
+        epilog="examples: hebbir pretrain --dataset cifar10 --rule hpca --epochs 5 --out models/hpca.pt\n"
+               "          hebbir pretrain --dataset mine --arch imagenet10 --rule hpca --batch-size 16 "
+               "--out models/in10.pt",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="cifar10", help="dataset in the data directory (default: cifar10)")
     p.add_argument("--rule", required=True, help=f"learning rule: {' | '.join(PRETRAIN_RULES)}")
+    add_arch(p, "cifar6")
     p.add_argument("--spec", default=None,
-                   help="layer kinds, one letter per layer 1..6: H Hebbian, G backprop, R random frozen "
-                        "(default HHHHHG; GGGGGG for vae)")
+                   help="layer kinds, one letter per layer, classifier last (6 letters for cifar6, 10 for "
+                        "imagenet10): H Hebbian, G backprop, R random frozen (default HHHHHG; GGGGGG for vae)")
     p.add_argument("--epochs", type=positive_int, default=5, help="passes over the images (default: 5)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="use only N images of the training split (a seeded random sample), for quick runs")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per update (default: 64)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: 1e-3, the reference's)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: the reference's, 1e-3 for cifar6, 1e-4 for imagenet10)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the training/validation split (default: 0)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     add_data_dir(p)
@@ -42,10 +48,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "end on the labelled images of the regime (percent of the training split, stratified, "
                     "seeded), keeping the epoch with the best validation accuracy. The default recipe is the "
                     "reference's: SGD with Nesterov momentum 0.9, lr 1e-3 for half the epochs then halved every "
-                    "epoch, L2 5e-2 (1e-2 for more than 10 classes). With --classifier hebbian the trunk stays "
-                    "frozen and a Hebbian classifier learns from the labels as a teacher signal (each class "
-                    "vector moves toward its class's mean feature; lr 0.1, 2 epochs by default). Reports test "
-                    "accuracy at the end.",
+                    "epoch, L2 5e-2 (1e-2 for more than 10 classes; 1e-3 for imagenet10). With --classifier "
+                    "hebbian the trunk stays frozen and a Hebbian classifier learns from the labels as a teacher "
+                    "signal (each class vector moves toward its class's mean feature; lr 0.1, 2 epochs by "
+                    "default). Reports test accuracy at the end.",
         epilog="examples: hebbir finetune --init models/hpca.pt --regime 10 --layer 5 --out models/hpca-r10.pt\n"
                "          hebbir finetune --init models/hpca.pt --classifier hebbian --out models/hpca-hebb.pt",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,10 +60,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--from-scratch", action="store_true", help="baseline: a fresh network trained by SGD only")
     start.add_argument("--from-random", action="store_true",
                        help="baseline: random frozen layers, only the classifier learns")
+    add_arch(f, None, " for --from-scratch and --from-random; a checkpoint given by --init carries its own")
     f.add_argument("--dataset", default="cifar10", help="dataset in the data directory (default: cifar10)")
     f.add_argument("--regime", type=float, default=10.0,
                    help="percent of the training split that carries labels, in (0, 100] (default: 10)")
-    f.add_argument("--layer", type=int, default=5, help="cut the network after this layer, 1..5 (default: 5)")
+    f.add_argument("--layer", type=int, default=None,
+                   help="cut the network after this layer, 1..5 for cifar6, 1..9 for imagenet10 (default: the "
+                        "top layer)")
     f.add_argument("--classifier", choices=("linear", "hebbian"), default="linear",
                    help="linear: dropout + linear layer, everything trained by backprop (default); hebbian: "
                         "frozen trunk, classifier learned with the teacher-signal Hebbian rule")
@@ -67,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--lr", type=float, default=None,
                    help="initial learning rate (default: 1e-3 for a linear classifier, 0.1 for a Hebbian one)")
     f.add_argument("--weight-decay", type=float, default=None,
-                   help="L2 penalty (default: 5e-2 for 10 classes, 1e-2 for more)")
+                   help="L2 penalty (default, cifar6: 5e-2 for 10 classes, 1e-2 for more; imagenet10: 1e-3)")
     f.add_argument("--augment", action="store_true", help="random translations and flips of the training images")
     f.add_argument("--limit", type=positive_int, default=None,
                    help="cap the labelled, validation and test images at N each (seeded samples), for quick runs")
@@ -77,6 +86,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device(f)
     add_seed(f)
     f.set_defaults(func=_finetune)
+
+
+def add_arch(p: argparse.ArgumentParser, default: str | None, when: str = "") -> None:
+    """The --arch option: which network architecture to build."""
+    p.add_argument("--arch", choices=ARCH_CHOICES, default=default,
+                   help=f"network: cifar6 (32x32 input, layers 1..5) or imagenet10 (210x210 input, layers 1..9; "
+                        f"each image takes 132 KB in memory){when} (default: cifar6)")
 
 
 def _sample(arrays, limit: int | None, seed: int):
@@ -92,25 +108,30 @@ def _sample(arrays, limit: int | None, seed: int):
 def _pretrain(args: argparse.Namespace) -> int:
     import torch
 
-    from hebb.baselines import vae_pretrain
+    from hebb.baselines import check_vae_arch, vae_pretrain
     from hebb.checkpoint import save_checkpoint
     from hebb.data import load_splits
     from hebb.errors import UserError
-    from hebb.network import build_network
+    from hebb.network import architecture, build_network
     from hebb.pretrain import pretrain
 
     rule = args.rule.lower()
     if rule not in PRETRAIN_RULES:
         raise UserError(f"unknown rule '{args.rule}' (choose one of: {', '.join(PRETRAIN_RULES)})")
+    plan = architecture(args.arch)
+    if rule == "vae":
+        check_vae_arch(args.arch)
+    args.lr = plan.hebbian_lr if args.lr is None else args.lr
     if not args.lr > 0:
         raise UserError(f"--lr must be positive, got {args.lr}")
     device = resolve_device(args.device)
-    splits = load_splits(args.dataset, args.data_dir, split_seed=args.split_seed)
+    build_network(args.arch, rule=rule, spec=args.spec, cut_layer=1)  # a bad --spec fails before decoding
+    splits = load_splits(args.dataset, args.data_dir, split_seed=args.split_seed, size=plan.input_size)
     train = _sample(splits["train"], args.limit, args.seed)
     torch.manual_seed(args.seed)
-    net = build_network(num_classes=len(train.classes), rule=rule, spec=args.spec)
-    settings = {"rule": rule, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
-                "seed": args.seed, "limit": args.limit, "device": str(device)}
+    net = build_network(args.arch, num_classes=len(train.classes), rule=rule, spec=args.spec)
+    settings = {"rule": rule, "arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size,
+                "lr": args.lr, "seed": args.seed, "limit": args.limit, "device": str(device)}
 
     def save(epoch: int, net, stats: dict) -> None:
         save_checkpoint(args.out, net, {
@@ -124,7 +145,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     else:
         stats = pretrain(net, train.images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          device=device, seed=args.seed, on_epoch_end=save)
-    print(f"pretrained {rule} ({net.spec}) on {len(train)} images: {stats['epochs']} epochs in "
+    print(f"pretrained {rule} ({args.arch} {net.spec}) on {len(train)} images: {stats['epochs']} epochs in "
           f"{stats['time_s']:.1f} s ({stats['images_per_s']:.0f} images/s on {device}); saved {args.out}")
     return 0
 
@@ -136,11 +157,17 @@ def _finetune(args: argparse.Namespace) -> int:
     from hebb.data import load_splits, regime_indices
     from hebb.errors import UserError
     from hebb.finetune import accuracy, finetune, train_hebbian_classifier
+    from hebb.network import architecture
 
     if not 0 < args.regime <= 100:
         raise UserError(f"--regime must be a percentage in (0, 100], got {args.regime:g}")
-    if not 1 <= args.layer <= 5:
-        raise UserError(f"--layer must be in 1..5, got {args.layer}")
+    if args.init is not None and args.arch is not None:
+        raise UserError("--arch is for --from-scratch and --from-random; a checkpoint given by --init carries "
+                        "its own architecture")
+    arch = args.arch or "cifar6"  # with --init: the checkpoint's, checked below
+    depth = len(architecture(arch).layers)
+    if args.layer is not None and (args.layer < 1 or (args.init is None and args.layer > depth)):
+        raise UserError(f"--layer must be in 1..{depth}, got {args.layer}")
     hebbian = args.classifier == "hebbian"
     args.epochs = args.epochs or (2 if hebbian else 20)
     args.lr = (0.1 if hebbian else 1e-3) if args.lr is None else args.lr
@@ -155,7 +182,13 @@ def _finetune(args: argparse.Namespace) -> int:
     init_meta = None
     if args.init is not None:
         net, init_meta = load_checkpoint(args.init, device)  # fail fast, before decoding the dataset
-    splits = load_splits(args.dataset, args.data_dir, split_seed=args.split_seed)
+        arch, depth = net.arch, net.num_feature_layers
+        if args.layer is not None and args.layer > depth:
+            raise UserError(f"{args.init} ({arch}) has feature layers 1..{depth}; --layer must be in 1..{depth}, "
+                            f"got {args.layer}")
+    args.layer = args.layer or depth
+    splits = load_splits(args.dataset, args.data_dir, split_seed=args.split_seed,
+                         size=architecture(arch).input_size)
     classes = list(splits["train"].classes)
     if init_meta is not None and init_meta.get("classes") and init_meta["classes"] != classes \
             and init_meta.get("stage") == "finetune":
@@ -170,17 +203,14 @@ def _finetune(args: argparse.Namespace) -> int:
         options.update(weight_decay=args.weight_decay, augment=args.augment)
     if args.from_scratch:
         method = "sgd"
-        net, stats = train_from_scratch(labelled, val, layer=args.layer, device=device, seed=args.seed,
-                                        unlabelled=unlabelled, **options)
+        net, stats = train_from_scratch(labelled, val, layer=args.layer, arch=arch, device=device,
+                                        seed=args.seed, unlabelled=unlabelled, **options)
     elif args.from_random:
         method = "random"
-        net, stats = random_frozen(labelled, val, layer=args.layer, device=device, seed=args.seed,
+        net, stats = random_frozen(labelled, val, layer=args.layer, arch=arch, device=device, seed=args.seed,
                                    unlabelled=unlabelled, classifier="H" if hebbian else "G", **options)
     else:
         method = init_meta.get("network", {}).get("rule", "?")
-        if args.layer > net.num_feature_layers:
-            raise UserError(f"{args.init} was cut after layer {net.num_feature_layers}; --layer must be at most "
-                            f"that")
         train_fn = train_hebbian_classifier if hebbian else finetune
         net, stats = train_fn(net, labelled, val, layer=args.layer, device=device, seed=args.seed, **options)
     test_acc = accuracy(net, test.images, test.labels, device) if len(test) else {}
