@@ -287,46 +287,106 @@ def extract_features(net: HebbNet, images: torch.Tensor, layer: int, device: tor
     return torch.cat(out)
 
 
-def linear_probe(net: HebbNet, layer: int, train: ArraySet, val: ArraySet | None, epochs: int = 20,
-                 batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 5e-4, momentum: float = 0.9,
-                 device: torch.device | str = "cpu", seed: int = 0, progress: bool = True) -> dict:
-    """Train dropout 0.5 + linear classifier on frozen `features(x, layer)`; the net is not changed.
+#: The SoftHebb read-out schedule: Adam, lr halved at these epochs (1-based epoch counts, as the reference).
+PROBE_MILESTONES = (10, 17, 25, 30, 35, 40, 45)
 
-    Same optimiser and schedule as `finetune` (L2 5e-4 by default, as the reference's probes), best epoch
-    on `val`. Returns val_acc (best top-1 fraction), best_epoch, epochs, time_s, feature_dim, history.
+
+def fit_linear_head(feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.Tensor | None,
+                    val_labels: torch.Tensor | None, num_classes: int, epochs: int = 50, batch_size: int = 64,
+                    lr: float = 1e-3, weight_decay: float = 0.0, milestones: tuple[int, ...] = PROBE_MILESTONES,
+                    device: torch.device | str = "cpu", seed: int = 0,
+                    progress: bool = True) -> tuple[nn.Linear, dict]:
+    """Dropout 0.5 + linear head on fixed features (N, d): Adam, lr halved at `milestones`, best val epoch.
+
+    Returns (the best epoch's nn.Linear, stats with val_acc, best_epoch, epochs, epoch_times_s, history).
     """
     device = torch.device(device)
-    num_classes = _check_sets(train, val)
-    net.to(device)
-    started = time.perf_counter()
-    feats = extract_features(net, train.images, layer, device, progress=progress)
-    val_feats = extract_features(net, val.images, layer, device) if val is not None and len(val) else None
-    labels = train.labels.to(device)
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise UserError(f"need epochs >= 1, batch size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
     torch.manual_seed(seed)
-    head = nn.Sequential(nn.Dropout(0.5), nn.Linear(feats.shape[1], num_classes)).to(device)
-    optimizer = _sgd(head.parameters(), lr, weight_decay, momentum)
+    linear = nn.Linear(feats.shape[1], num_classes).to(device)
+    head = nn.Sequential(nn.Dropout(0.5), linear)
+    optimizer = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [m for m in milestones if m < epochs], gamma=0.5)
     generator = torch.Generator(device=device).manual_seed(seed)
-    best_acc, best_epoch, history = -1.0, 0, []
-    for epoch in range(epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = reference_lr(epoch, epochs, lr)
+    labels = labels.to(device)
+    history, epoch_times = [], []
+    best_acc, best_epoch, best_state = -1.0, 0, None
+    bar = tqdm(range(epochs), desc="probe", unit="epoch", disable=not progress, leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
         head.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
         order = torch.randperm(len(feats), generator=generator, device=device)
         for start in range(0, len(feats), batch_size):
             idx = order[start:start + batch_size]
-            loss = F.cross_entropy(head(feats[idx]), labels[idx])
+            logits = head(feats[idx].to(device))
+            loss = F.cross_entropy(logits, labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        if val_feats is None:
-            best_epoch = epoch + 1
-            continue
-        head.eval()
-        with torch.no_grad():
-            acc = topk_correct(head(val_feats), val.labels, (1,))["top1"].item() / len(val)
-        history.append({"epoch": epoch + 1, "val_acc": acc})
-        if acc > best_acc:
-            best_acc, best_epoch = acc, epoch + 1
-    return {"val_acc": best_acc if val_feats is not None else None, "best_epoch": best_epoch, "epochs": epochs,
-            "time_s": round(time.perf_counter() - started, 3), "feature_dim": feats.shape[1], "layer": layer,
-            "history": history}
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(1) == labels[idx]).sum()
+        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                  "train_loss": round(loss_sum.item() / len(feats), 5),
+                  "train_acc": round(correct.item() / len(feats), 5), "val_acc": None}
+        schedule.step()
+        if val_feats is not None and len(val_feats):
+            record["val_acc"] = head_accuracy(linear, val_feats, val_labels)
+        epoch_times.append(round(time.perf_counter() - t0, 3))
+        history.append(record)
+        if record["val_acc"] is not None:
+            bar.set_postfix_str(f"val {record['val_acc']:.2%}")
+        score = record["val_acc"] if record["val_acc"] is not None else float(epoch)
+        if score > best_acc:
+            best_acc, best_epoch = score, epoch + 1
+            best_state = copy.deepcopy(linear.state_dict())
+    bar.close()
+    linear.load_state_dict(best_state)
+    has_val = val_feats is not None and len(val_feats) > 0
+    return linear.eval(), {"val_acc": best_acc if has_val else None, "best_epoch": best_epoch, "epochs": epochs,
+                           "epoch_times_s": epoch_times, "history": history}
+
+
+@torch.no_grad()
+def head_accuracy(linear: nn.Module, feats: torch.Tensor, labels: torch.Tensor, topk=(1,),
+                  batch_size: int = 4096) -> float | dict[str, float]:
+    """Top-1 accuracy (a fraction) of a linear head on fixed features; a dict for several k."""
+    device = next(linear.parameters()).device
+    logits = torch.cat([linear(feats[i:i + batch_size].to(device)) for i in range(0, len(feats), batch_size)])
+    correct = topk_correct(logits, labels, topk)
+    out = {k: v.item() / len(feats) for k, v in correct.items()}
+    return out["top1"] if tuple(topk) == (1,) else out
+
+
+def probe(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int | None = None, epochs: int = 50,
+          batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0,
+          milestones: tuple[int, ...] = PROBE_MILESTONES, device: torch.device | str = "cpu", seed: int = 0,
+          progress: bool = True, feature_batch: int = 250) -> tuple[HebbNet, dict]:
+    """Linear probe: the trunk cut after `layer` stays frozen, dropout 0.5 + a linear head learn on its features.
+
+    The features of `train` and `val` are computed once (eval mode) and cached on `device`; the head trains
+    with `fit_linear_head`. The net is cut in place, gets the head as its classifier and is returned in eval
+    mode with its trunk unchanged. Returns (net, stats) with the keys of `finetune`'s stats plus feature_dim
+    and features_s.
+    """
+    device = torch.device(device)
+    num_classes = _check_sets(train, val)
+    layer = _cut_for(net, layer, num_classes, "G")
+    net.to(device).eval()
+    net.set_hebbian_learning(False)
+    started = time.perf_counter()
+    feats = extract_features(net, train.images, layer, device, batch_size=feature_batch, progress=progress)
+    has_val = val is not None and len(val) > 0
+    val_feats = extract_features(net, val.images, layer, device, batch_size=feature_batch) if has_val else None
+    features_s = time.perf_counter() - started
+    linear, stats = fit_linear_head(feats, train.labels, val_feats, val.labels if has_val else None, num_classes,
+                                    epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                    milestones=milestones, device=device, seed=seed, progress=progress)
+    net.classifier.load_state_dict(linear.state_dict())
+    net.eval()
+    return net, _run_stats(val, stats["val_acc"] if has_val else -1.0, stats["best_epoch"], stats["epoch_times_s"],
+                           started, len(train), layer=layer, lr=lr, weight_decay=weight_decay,
+                           batch_size=batch_size, augment=False, readout="probe", feature_dim=feats.shape[1],
+                           features_s=round(features_s, 3), history=stats["history"])

@@ -1,5 +1,5 @@
 """HebbConv2d: a convolution (or a fully connected layer, as a conv whose kernel covers the map) that learns
-with a Hebbian rule of `hebb.rules`.
+with a Hebbian rule of `hebb.rules` (docs/RULES.md).
 
 The update of a convolution is the rule applied to every patch of every image (each patch one row of
 F.unfold). It is computed without unfolding: Σ_patches yᵀx is the weight gradient of the convolution
@@ -17,20 +17,41 @@ from torch.nn.grad import conv2d_weight
 from hebb import rules
 from hebb.errors import UserError
 
-RULES = ("hpca", "swta", "wta")
+RULES = ("hpca", "swta", "wta", "softhebb")
+#: SoftHebb's initial weight scale: kernels start as N(0, (INIT_NORM / √D)²), so their norms are near INIT_NORM.
+SOFTHEBB_INIT_NORM = 25.0
+
+
+class Triangle(nn.Module):
+    """SoftHebb's activation: ReLU(u - mean over channels of u) ** power."""
+
+    def __init__(self, power: float = 1.0):
+        super().__init__()
+        self.power = float(power)
+
+    def extra_repr(self) -> str:
+        return f"power={self.power}"
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(u - u.mean(dim=1, keepdim=True))
+        return out if self.power == 1.0 else out.pow(self.power)
 
 
 class HebbConv2d(nn.Module):
-    """Conv layer without bias that learns with rule "hpca", "swta" (soft-WTA) or "wta" (hard WTA).
+    """Conv layer without bias that learns with rule "hpca", "swta" (soft-WTA), "wta" (hard WTA) or "softhebb".
 
-    forward(x) is differentiable: ReLU(conv(x, W)) for HPCA, ReLU(conv(x, W/‖W‖)) for the WTA rules. When
-    `hebbian_learning` is True and the module is training, forward also adds -dW to weight.grad (reusing its
-    own output), so that a torch optimizer step applies W += lr·dW. `teacher`, when set to a (B, M) or
-    (B, M, H', W') tensor, replaces the neuron outputs in those updates (supervised Hebbian learning).
+    forward(x) is differentiable: act(conv(x, W)) for HPCA and SoftHebb, act(conv(x, W/‖W‖)) for the WTA
+    rules, act = ReLU unless `activation` is given (SoftHebb's net uses `Triangle`). When `hebbian_learning`
+    is True and the module is training, forward also adds the step to weight.grad (reusing its own
+    pre-activation), so that a torch optimizer step with lr applies W += lr·step: step = dW for the classic
+    rules; for SoftHebb step_k = eta · (|‖W_k‖ - 1| + 1e-10)^0.5 · dW_k / max|dW| (`softhebb_step`).
+    `teacher`, when set to a (B, M) or (B, M, H', W') tensor, replaces the neuron outputs in those updates
+    (supervised Hebbian learning).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, rule: str = "hpca",
-                 temperature: float = 0.02, stride: int = 1):
+                 temperature: float = 0.02, stride: int = 1, inv_temperature: float = 1.0, eta: float = 1.0,
+                 activation: nn.Module | None = None):
         super().__init__()
         if rule not in RULES:
             raise UserError(f"unknown Hebbian rule {rule!r} (expected one of {', '.join(RULES)})")
@@ -39,19 +60,26 @@ class HebbConv2d(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = kernel_size, stride
         self.rule, self.temperature = rule, temperature
+        self.inv_temperature, self.eta = float(inv_temperature), float(eta)
+        self.activation = activation if activation is not None else nn.ReLU()
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        nn.init.xavier_normal_(self.weight)  # as the reference FastHebb code
+        if rule == "softhebb":
+            nn.init.normal_(self.weight, std=SOFTHEBB_INIT_NORM / (in_channels * kernel_size ** 2) ** 0.5)
+        else:
+            nn.init.xavier_normal_(self.weight)  # as the reference FastHebb code
         self.hebbian_learning = False
         self.teacher: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
+        extra = {"swta": f", temperature={self.temperature}",
+                 "softhebb": f", inv_temperature={self.inv_temperature}, eta={self.eta}"}.get(self.rule, "")
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"rule={self.rule!r}" + (f", temperature={self.temperature}" if self.rule == "swta" else ""))
+                f"rule={self.rule!r}{extra}")
 
     def effective_weight(self) -> torch.Tensor:
-        """The kernels the forward pass uses: W for HPCA, each kernel scaled to unit norm for the WTA rules."""
+        """The kernels the forward pass uses: W for HPCA and SoftHebb, unit-norm kernels for the WTA rules."""
         w = self.weight
-        if self.rule == "hpca":
+        if self.rule in ("hpca", "softhebb"):
             return w
         norms = w.flatten(1).norm(dim=1)
         return w / torch.where(norms > 0, norms, torch.ones_like(norms))[:, None, None, None]
@@ -78,11 +106,22 @@ class HebbConv2d(nn.Module):
         pre = self._preactivation(x)
         if self.training and self.hebbian_learning:
             dw = self._delta(x.detach(), pre.detach(), self.teacher)
+            if self.rule == "softhebb":
+                dw = self.softhebb_step(dw)
             if self.weight.grad is None:
                 self.weight.grad = -dw
             else:
                 self.weight.grad.sub_(dw)
-        return torch.relu(pre)
+        return self.activation(pre)
+
+    @torch.no_grad()
+    def softhebb_step(self, dw: torch.Tensor) -> torch.Tensor:
+        """SoftHebb's step from its raw update: dW / max|dW|, times eta and each kernel's norm-adaptive rate
+        (|‖W_k‖ - 1| + 1e-10)^0.5, which shrinks to 0 as the kernel's norm reaches 1."""
+        norms = self.weight.detach().flatten(1).norm(dim=1)
+        rate = self.eta * ((norms - 1).abs() + 1e-10).sqrt()
+        scale = dw.abs().amax() + 1e-30
+        return dw * (rate / scale).view(-1, *([1] * (dw.dim() - 1)))
 
     @torch.no_grad()
     def hebbian_delta(self, x: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
@@ -101,6 +140,8 @@ class HebbConv2d(nn.Module):
             signal = None if teacher is None else self._expand_teacher(teacher, pre)
             if self.rule == "hpca":
                 dw = self._hpca(x, pre, signal, w)
+            elif self.rule == "softhebb":
+                dw = self._softhebb(x, pre, signal, w)
             elif self.rule == "swta":
                 dw = self._competitive(x, pre, signal, w, soft=True)
             else:
@@ -137,6 +178,12 @@ class HebbConv2d(nn.Module):
         yx = self._moments(x, y, w.shape)
         rows = self._patch_rows(y)
         return rules.hpca_finish(yx, rows.T @ rows, w2, n)
+
+    def _softhebb(self, x, pre, signal, w):
+        y = rules.softhebb_signal(pre, self.inv_temperature) if signal is None else signal
+        yx = self._moments(x, y, w.shape)
+        yu = (y * pre).sum(dim=(0, 2, 3))
+        return yx - yu[:, None] * w.reshape(w.shape[0], -1)
 
     def _competitive(self, x, pre, signal, w, soft):
         m = w.shape[0]

@@ -22,14 +22,15 @@ the whole image fitted on training images), so callers hand it float images in [
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hebb.architectures import (ALIASES, ARCHITECTURES, ArchPlan, LayerPlan, arch_help, architecture,  # noqa: F401
+                                 canonical_arch, default_rule, layer_shapes)
 from hebb.errors import UserError
 
-HEBBIAN_RULES = ("hpca", "swta", "wta")
+HEBBIAN_RULES = ("hpca", "swta", "wta", "softhebb")
 #: Rule names accepted by `build_network`: the Hebbian ones, plus whole-network kinds for the baselines.
 RULES = HEBBIAN_RULES + ("sgd", "random", "vae")
 #: Rules whose networks whiten their input with ZCA by default (as in the reference code).
@@ -38,92 +39,6 @@ ZCA_RULES = ("swta", "wta")
 # CIFAR-10 training-set statistics: the defaults until `fit_input` sees the real training images.
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
-
-@dataclass(frozen=True)
-class LayerPlan:
-    """One feature layer: conv(kernel) -> ReLU -> [maxpool `pool`] -> BN or BN*.
-
-    pool: max-pooling kernel size, equal to its stride (0 or 1: no pooling).
-    """
-
-    out_channels: int
-    kernel_size: int
-    pool: int
-    bn_star: bool
-
-
-@dataclass(frozen=True)
-class ArchPlan:
-    """An architecture: input side and channels, feature layers bottom up (the last one is fully connected:
-    its kernel covers the whole map below), and the reference's training settings where they differ from the
-    library defaults (documented suggestions; see `hebb.finetune.default_weight_decay`).
-
-    zca_ok: whether whole-image ZCA whitening is possible (its matrix is (3·side²)² floats).
-    hebbian_lr: the reference's Hebbian pre-training learning rate for this architecture.
-    weight_decay: the reference's fine-tuning L2 penalty, or None for the class-count rule of cifar6.
-    """
-
-    input_size: int
-    in_channels: int
-    layers: tuple[LayerPlan, ...]
-    zca_ok: bool = True
-    hebbian_lr: float = 1e-3
-    weight_decay: float | None = None
-
-
-#: Architecture registry: name -> plan.
-ARCHITECTURES: dict[str, ArchPlan] = {
-    "cifar6": ArchPlan(
-        input_size=32,
-        in_channels=3,
-        layers=(
-            LayerPlan(96, 5, pool=2, bn_star=False),    # 96x14x14
-            LayerPlan(128, 3, pool=0, bn_star=False),   # 128x12x12
-            LayerPlan(192, 3, pool=2, bn_star=True),    # 192x5x5
-            LayerPlan(256, 3, pool=0, bn_star=True),    # 256x3x3
-            LayerPlan(4096, 3, pool=0, bn_star=True),   # fully connected 2304 -> 4096 (kernel = whole map)
-        ),
-    ),
-    # The reference's ImageNet-size net (FastHebb code). Hebbian lr 1e-4 and fine-tuning L2 1e-3 are the
-    # reference's ImageNet settings. Whole-image ZCA would need a 132,300 x 132,300 matrix (70 GB): none.
-    "imagenet10": ArchPlan(
-        input_size=210,
-        in_channels=3,
-        layers=(
-            LayerPlan(96, 7, pool=3, bn_star=False),    # 96x68x68
-            LayerPlan(128, 3, pool=0, bn_star=False),   # 128x66x66
-            LayerPlan(192, 3, pool=2, bn_star=False),   # 192x32x32
-            LayerPlan(192, 3, pool=0, bn_star=False),   # 192x30x30
-            LayerPlan(256, 3, pool=2, bn_star=False),   # 256x14x14
-            LayerPlan(256, 3, pool=0, bn_star=False),   # 256x12x12
-            LayerPlan(384, 3, pool=2, bn_star=True),    # 384x5x5
-            LayerPlan(512, 3, pool=0, bn_star=True),    # 512x3x3
-            LayerPlan(4096, 3, pool=0, bn_star=True),   # fully connected 4608 -> 4096 (kernel = whole map)
-        ),
-        zca_ok=False,
-        hebbian_lr=1e-4,
-        weight_decay=1e-3,
-    ),
-}
-
-
-def architecture(arch: str) -> ArchPlan:
-    """The plan of architecture `arch`; an unknown name is a `UserError` listing the known ones."""
-    if arch not in ARCHITECTURES:
-        raise UserError(f"unknown architecture '{arch}' (known: {', '.join(ARCHITECTURES)})")
-    return ARCHITECTURES[arch]
-
-
-def layer_shapes(plan: ArchPlan) -> list[tuple[int, int]]:
-    """(channels, side) of the output of every feature layer of `plan`, bottom up (no padding)."""
-    shapes, size = [], plan.input_size
-    for lp in plan.layers:
-        size = size - lp.kernel_size + 1
-        if lp.pool > 1:
-            size //= lp.pool
-        shapes.append((lp.out_channels, size))
-    return shapes
 
 
 class BatchNormStar(nn.BatchNorm2d):
@@ -140,31 +55,60 @@ class BatchNormStar(nn.BatchNorm2d):
         return out * scale.view(1, -1, 1, 1)
 
 
+def make_activation(plan: LayerPlan) -> nn.Module:
+    """The activation module a layer plan asks for."""
+    if plan.activation == "triangle":
+        from hebb.layers import Triangle
+
+        return Triangle(plan.power)
+    if plan.activation != "relu":
+        raise UserError(f"unknown activation '{plan.activation}'")
+    return nn.ReLU()
+
+
 class FeatureLayer(nn.Module):
-    """One feature layer of the net: conv (Hebbian or plain) -> ReLU -> optional maxpool -> BN / BN*."""
+    """One feature layer of the net (see `LayerPlan` for the two layouts); conv Hebbian (H) or plain (G, R)."""
 
     def __init__(self, kind: str, in_channels: int, plan: LayerPlan, rule: str, temperature: float):
         super().__init__()
         self.kind = kind
+        self.norm_first = plan.norm == "pre"
+        self.padding = plan.padding
+        activation = make_activation(plan)
         if kind == "H":
-            from hebb.layers import HebbConv2d  # the ReLU lives inside the Hebbian layer
+            from hebb.layers import HebbConv2d  # the activation lives inside the Hebbian layer
 
             self.conv = HebbConv2d(in_channels, plan.out_channels, plan.kernel_size, rule=rule,
-                                   temperature=temperature)
+                                   temperature=temperature, inv_temperature=plan.inv_temperature, eta=plan.eta,
+                                   activation=activation)
+            self.activation = None
         else:
             self.conv = nn.Conv2d(in_channels, plan.out_channels, plan.kernel_size, bias=False)
-        self.pool = plan.pool if plan.pool > 1 else 0
-        self.bn = (BatchNormStar if plan.bn_star else nn.BatchNorm2d)(plan.out_channels)
+            self.activation = activation
+        if plan.pool > 1:
+            stride = plan.pool_stride or plan.pool
+            pool_cls = nn.MaxPool2d if plan.pool_kind == "max" else nn.AvgPool2d
+            self.pool = pool_cls(plan.pool, stride=stride, padding=plan.pool_padding)
+        else:
+            self.pool = None
+        if self.norm_first:
+            self.bn = nn.BatchNorm2d(in_channels, affine=False)
+        else:
+            self.bn = (BatchNormStar if plan.bn_star else nn.BatchNorm2d)(plan.out_channels)
         if kind == "R":
             self.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm_first:
+            x = self.bn(x)
+        if self.padding:
+            x = F.pad(x, (self.padding,) * 4, mode="reflect")
         x = self.conv(x)
-        if self.kind != "H":
-            x = F.relu(x)
-        if self.pool:
-            x = F.max_pool2d(x, self.pool)
-        return self.bn(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        if self.pool is not None:
+            x = self.pool(x)
+        return x if self.norm_first else self.bn(x)
 
 
 def _parse_spec(arch: ArchPlan, rule: str, spec: str | None) -> str:
@@ -226,9 +170,13 @@ class HebbNet(nn.Module):
     def __init__(self, arch: str = "cifar6", num_classes: int = 10, rule: str = "hpca", spec: str | None = None,
                  cut_layer: int | None = None, zca: bool | None = None, temperature: float = 0.02):
         super().__init__()
+        arch = canonical_arch(arch)
         plan = architecture(arch)
         if rule not in RULES:
             raise UserError(f"unknown rule '{rule}' (known: {', '.join(RULES)})")
+        if rule not in plan.rules + ("sgd", "random"):
+            raise UserError(f"rule '{rule}' is not built for '{arch}' (it takes "
+                            f"{', '.join(plan.rules + ('sgd', 'random'))})")
         self.arch, self.rule, self.temperature = arch, rule, float(temperature)
         self.spec = _parse_spec(plan, rule, spec)
         self.num_classes = int(num_classes)
@@ -297,7 +245,7 @@ class HebbNet(nn.Module):
         self._check_layer(layer)
         plan = ARCHITECTURES[self.arch]
         channels, size = layer_shapes(plan)[layer - 1]
-        return (channels,) if layer == len(plan.layers) else (channels, size, size)
+        return (channels,) if plan.top_fc and layer == len(plan.layers) else (channels, size, size)
 
     def config(self) -> dict:
         """JSON-able constructor arguments: `HebbNet(**net.config())` rebuilds the same structure."""
@@ -376,7 +324,8 @@ class HebbNet(nn.Module):
         x = self.preprocess(x)
         for block in self.layers[:layer]:
             x = block(x)
-        if layer == len(ARCHITECTURES[self.arch].layers):
+        plan = ARCHITECTURES[self.arch]
+        if plan.top_fc and layer == len(plan.layers):
             x = x.flatten(1)
         return x
 

@@ -1,4 +1,4 @@
-"""Hebbian learning rules (DESIGN.md §2): fast matrix forms and their plain per-sample reference twins.
+"""Hebbian learning rules (docs/RULES.md): fast matrix forms and their plain per-sample reference twins.
 
 Every rule maps a batch of inputs x (N, D) and weights w (M, D) to an update dw (M, D), without the learning
 rate. The fast forms use matrix products only, merge the batch aggregation into them and walk over N in
@@ -58,6 +58,14 @@ def weighted_mean_finish(qx: torch.Tensor, q_sum: torch.Tensor, r_sum: torch.Ten
 def soft_competition(cos: torch.Tensor, temperature: float, dim: int = 1) -> torch.Tensor:
     """Soft-WTA coefficients R = softmax(((1 + cos) / 2)² / T) across neurons."""
     return torch.softmax(((1 + cos) / 2) ** 2 / temperature, dim=dim)
+
+
+def softhebb_signal(u: torch.Tensor, inv_temperature: float, dim: int = 1) -> torch.Tensor:
+    """SoftHebb's post-synaptic signal Ỹ from pre-activations U: softmax(β·U) across neurons (`dim`), kept
+    positive for each row's winner (argmax of U) and negated for every other neuron (anti-Hebbian losers)."""
+    y = torch.softmax(u * inv_temperature, dim=dim)
+    winner = torch.zeros_like(y, dtype=torch.bool).scatter_(dim, u.argmax(dim=dim, keepdim=True), True)
+    return torch.where(winner, y, -y)
 
 
 def row_norms(x: torch.Tensor) -> torch.Tensor:
@@ -183,6 +191,27 @@ def wta_delta(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor | None = None, *
     return weighted_mean_finish(qx, counts, counts, w)
 
 
+def softhebb_delta(x: torch.Tensor, w: torch.Tensor, inv_temperature: float = 1.0, y: torch.Tensor | None = None,
+                   *, chunk_elements: int | None = None) -> torch.Tensor:
+    """SoftHebb: U = X Wᵀ, Ỹ = `softhebb_signal(U, β)`; dW = Ỹᵀ X - diag(Σ_n Ỹ_nk U_nk) W.
+
+    The raw update: no max-normalisation and no per-neuron rate (the layer applies both). y: optional
+    teacher signal (N, M) that replaces Ỹ.
+    """
+    _check(x, w, y)
+    n, d = x.shape
+    m = w.shape[0]
+    yx = torch.zeros_like(w)
+    yu = w.new_zeros(m)
+    for rows in _chunks(n, max(m, d), chunk_elements):
+        xc = x[rows]
+        u = xc @ w.T
+        yc = softhebb_signal(u, inv_temperature) if y is None else y[rows].to(w.dtype)
+        yx.addmm_(yc.T, xc)
+        yu += (yc * u).sum(0)
+    return yx - yu[:, None] * w
+
+
 def teacher_signal(labels: torch.Tensor, num_neurons: int, num_classes: int,
                    shared: int | None = None) -> torch.Tensor:
     """0/1 teacher signal (N, num_neurons) of seed 001 §3.3 for integer class labels (N,).
@@ -237,6 +266,23 @@ def swta_delta_reference(x: torch.Tensor, w: torch.Tensor, temperature: float = 
     for b in range(n):
         dw += (c[b] * r[b])[:, None] * (x[b][None, :] - w)
     return torch.nan_to_num(dw, nan=0.0)
+
+
+def softhebb_delta_reference(x: torch.Tensor, w: torch.Tensor, inv_temperature: float = 1.0,
+                             y: torch.Tensor | None = None) -> torch.Tensor:
+    """Per sample: u = W x, y = softmax(β u), ỹ_k = y_k for the winner and -y_k for the others;
+    Δw_k = Σ_b ỹ_k (x_b - u_k w_k). Slow; for tests."""
+    _check(x, w, y)
+    dw = torch.zeros_like(w)
+    for b in range(x.shape[0]):
+        u = w @ x[b]
+        if y is None:
+            yb = -torch.softmax(inv_temperature * u, dim=0)
+            yb[u.argmax()] *= -1
+        else:
+            yb = y[b].to(w.dtype)
+        dw += yb[:, None] * (x[b][None, :] - u[:, None] * w)
+    return dw
 
 
 def wta_delta_reference(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,17 +1,22 @@
-"""The evaluation sweep: methods x label regimes x layers x seeds -> accuracy, retrieval metrics and timings.
+"""The evaluation sweep: methods x read-outs x label regimes x layers x seeds -> accuracy, retrieval, timings.
 
 For each method and seed the network is pre-trained ONCE (cached as a checkpoint under `OUT/work/`) and reused
-for every regime and layer. Each run then fine-tunes a copy cut after its layer on the regime's labelled
-subset, measures test accuracy, and evaluates retrieval with the "seed" protocol (DESIGN.md §6: database =
-the training split, queries = the test split, features of the fine-tuned net at that layer).
+for every read-out, regime and layer (`hebb.recipes`, the one training recipe). Each cell then reads the
+network out on the regime's labelled subset and measures test accuracy and retrieval with the "seed" protocol
+(docs/EVALUATION.md: database = the training split, queries = the test split):
 
-Every finished run is written at once to `OUT/results.json` (atomic replace), keyed by
-method/regime/layer/seed; a rerun skips what is there, so an interrupted sweep continues where it stopped, and
-a sweep can be widened (more regimes, layers, seeds, methods) in the same folder. Settings that change the
-numbers (epochs, data limit, dataset, ...) must match the folder's; otherwise the sweep refuses to mix them.
+- read-out "finetune": a copy cut after the layer is fine-tuned end to end; retrieval uses its features;
+- read-out "probe": the trunk stays frozen; the layer's features of every split are computed once per
+  (method, seed, layer) and shared by the regimes, which train only a linear head on them. Retrieval reads
+  the frozen trunk, so it is the same for every regime of that (method, seed, layer) and measured once.
 
-The training procedures are reached only through `pretrain_method` and `finetune_run` below, the one place
-that knows the `hebb` training API. The sweep runs the cifar6 network (`ARCH`) only.
+Every finished cell is written at once to `OUT/results.json` (atomic replace), keyed by
+method/[probe/]regime/layer/seed with the code version it ran with; a rerun skips what is there, so an
+interrupted sweep continues where it stopped, and a sweep can be widened in the same folder. Settings that
+change the numbers (epochs, data limit, dataset, ...) must match the folder's; otherwise the sweep refuses
+to mix them.
+
+The training procedures are reached only through `pretrain_method`, `finetune_run` and `probe_run` below.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,19 +39,32 @@ import torch
 from tqdm.auto import tqdm
 
 from hebb.errors import UserError
+from hebb.recipes import UNTRAINED_METHODS, arch_for
+from hebb.recipes import methods as recipe_methods
 
-#: The architecture the sweep builds; imagenet10 is not supported here (its data, layers and schedules differ).
-ARCH = "cifar6"
-METHODS = ("hpca", "swta", "wta", "vae", "sgd", "random")
+METHODS = tuple(m for m in recipe_methods() if m != "random") + ("random",)
 #: Methods with an unsupervised pre-training stage (the others start from a fresh network).
-PRETRAINED_METHODS = ("hpca", "swta", "wta", "vae")
-#: Layer used for `--layers best`: the whole trunk, the configuration of the papers' Table 2.
-BEST_LAYER = 5
+PRETRAINED_METHODS = tuple(m for m in METHODS if m not in UNTRAINED_METHODS)
+READOUTS = ("finetune", "probe")
 RESULTS_FILE = "results.json"
 RESULTS_FORMAT = "hebbir-evaluation"
 RESULTS_VERSION = 1
 #: Images of every split kept by `limit` are a seeded sample drawn with this seed (the same for all runs).
 LIMIT_SEED = 12345
+#: The input side of every image the sweep loads: architectures with another input size are not swept.
+SWEEP_INPUT_SIZE = 32
+
+
+def method_arch(method: str) -> str:
+    """The architecture a method's networks are built on."""
+    return arch_for(method)
+
+
+def method_depth(method: str) -> int:
+    """Feature layers of a method's architecture."""
+    from hebb.architectures import architecture
+
+    return architecture(method_arch(method)).depth
 
 
 @dataclass
@@ -56,15 +75,17 @@ class SweepConfig:
     dataset: str = "cifar10"
     methods: tuple[str, ...] = ("hpca", "swta", "vae", "sgd")
     regimes: tuple[float, ...] = (1, 5, 10, 100)
-    layers: tuple[int, ...] = (BEST_LAYER,)
+    layers: tuple[int, ...] | None = None  # None: each method's top layer (the papers' Table 2 setting)
     seeds: tuple[int, ...] = (0, 1, 2)
+    readouts: tuple[str, ...] = ("finetune",)
     pretrain_epochs: int | None = None     # None: the training code's default
     finetune_epochs: int | None = None
+    probe_epochs: int | None = None
     limit: int | None = None               # at most this many images per split (quick runs)
     device: str = "cpu"
     data_dir: Path | None = None
     split_seed: int = 0
-    batch_size: int = 64
+    batch_size: int | None = None         # pre-training batch (None: each architecture's)
     pooling: str = "auto"                  # feature reduction, as FeatureExtractor takes it
     projection: str = "auto"
     dim: int | None = None
@@ -72,43 +93,69 @@ class SweepConfig:
 
     def __post_init__(self):
         self.out = Path(self.out)
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m.partition("@")[0] not in METHODS]
         if bad:
             raise UserError(f"unknown method(s) {', '.join(bad)} (choose from {', '.join(METHODS)})")
-        if not self.methods or not self.regimes or not self.layers or not self.seeds:
-            raise UserError("methods, regimes, layers and seeds must each name at least one value")
+        bad = [r for r in self.readouts if r not in READOUTS]
+        if bad:
+            raise UserError(f"unknown read-out(s) {', '.join(bad)} (choose from {', '.join(READOUTS)})")
+        if not self.methods or not self.regimes or self.layers == () or not self.seeds or not self.readouts:
+            raise UserError("methods, read-outs, regimes, layers and seeds must each name at least one value")
         for r in self.regimes:
             if not 0 < r <= 100:
                 raise UserError(f"label regime must be a percentage in (0, 100], got {r}")
-        from hebb.network import ARCHITECTURES
+        from hebb.architectures import architecture
 
-        depth = len(ARCHITECTURES[ARCH].layers)
-        for layer in self.layers:
+        for m in self.methods:  # an unknown architecture or one the method is not built for says so here
+            if architecture(method_arch(m)).input_size != SWEEP_INPUT_SIZE:
+                raise UserError(f"the sweep runs {SWEEP_INPUT_SIZE}x{SWEEP_INPUT_SIZE} networks; '{m}' is built "
+                                f"on {method_arch(m)}")
+        depth = max(method_depth(m) for m in self.methods)
+        for layer in self.layers or ():
             if not 1 <= layer <= depth:
-                raise UserError(f"layer must be 1..{depth} (the evaluation sweep runs the {ARCH} network), "
-                                f"got {layer}")
+                raise UserError(f"layer must be 1..{depth} (the deepest network of these methods), got {layer}")
         if self.limit is not None and self.limit < 20:
             raise UserError(f"--limit must be at least 20 images, got {self.limit}")
 
     def settings(self) -> dict:
-        return {"dataset": self.dataset, "pretrain_epochs": self.pretrain_epochs,
-                "finetune_epochs": self.finetune_epochs, "limit": self.limit, "split_seed": self.split_seed,
-                "batch_size": self.batch_size, "protocol": "seed",
-                "features": {"pooling": self.pooling, "projection": self.projection, "dim": self.dim}}
+        out = {"dataset": self.dataset, "pretrain_epochs": self.pretrain_epochs,
+               "finetune_epochs": self.finetune_epochs, "limit": self.limit, "split_seed": self.split_seed,
+               "batch_size": self.batch_size, "protocol": "seed",
+               "features": {"pooling": self.pooling, "projection": self.projection, "dim": self.dim}}
+        if "probe" in self.readouts:
+            out["probe_epochs"] = self.probe_epochs
+        return out
 
-    def runs(self) -> list[tuple[str, float, int, int]]:
-        """(method, regime, layer, seed) of every run, grouped so one pre-training serves consecutive runs."""
-        return [(m, r, layer, s) for m in self.methods for s in self.seeds for r in self.regimes
-                for layer in self.layers]
+    def method_layers(self, method: str) -> tuple[int, ...]:
+        """The layers swept for `method`: the asked-for ones its network has, or its top layer."""
+        depth = method_depth(method)
+        return (depth,) if self.layers is None else tuple(layer for layer in self.layers if layer <= depth)
+
+    def runs(self) -> list[tuple[str, str, float, int, int]]:
+        """(method, readout, regime, layer, seed) of every cell, grouped so that one pre-training (and, for
+        probes, one feature pass per layer) serves consecutive cells."""
+        return [(m, ro, r, layer, s) for m in self.methods for s in self.seeds for ro in self.readouts
+                if not (m.partition("@")[0] == "sgd" and ro == "probe")  # sgd has no trunk of its own to freeze
+                for layer in self.method_layers(m) for r in self.regimes]
 
 
-def run_key(method: str, regime: float, layer: int, seed: int) -> str:
-    """The results.json key of one run, e.g. 'hpca/r10/l5/s0'."""
-    return f"{method}/r{regime:g}/l{layer}/s{seed}"
+def run_key(method: str, regime: float, layer: int, seed: int, readout: str = "finetune") -> str:
+    """The results.json key of one cell, e.g. 'hpca/r10/l5/s0' (fine-tuned) or 'softhebb/probe/r10/l3/s0'."""
+    middle = "" if readout == "finetune" else f"{readout}/"
+    return f"{method}/{middle}r{regime:g}/l{layer}/s{seed}"
 
 
-def format_regime(regime: float) -> str:
-    return f"{regime:g}"
+def code_version() -> str:
+    """The git commit of the code that runs (with '-dirty' when tracked files differ from it), or 'unknown'."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if dirty else "")
 
 
 # ------------------------------------------------------------------------------------------ results file
@@ -220,35 +267,15 @@ def pretrain_method(method: str, train, num_classes: int, config: SweepConfig, s
 
     Returns (net on the CPU, stats) with stats holding at least epochs, epoch_time_s and time_s.
     """
-    from hebb.network import build_network
-    from hebb.pretrain import recalibrate_batchnorm
+    from hebb.recipes import pretrained_network
 
-    torch.manual_seed(seed)
-    net = build_network(ARCH, num_classes=num_classes, rule=method)
-    if method not in PRETRAINED_METHODS:
-        # sgd: a fresh net; random: frozen random layers whose BN statistics are measured once (as
-        # hebb.baselines.random_frozen does). Both fit the input normalisation on the unlabelled images.
-        net.to(device).fit_input(train.images, seed=seed)
-        if method == "random":
-            recalibrate_batchnorm(net, train.images, device, seed=seed)
-        return net.cpu(), {"epochs": 0, "epoch_time_s": 0.0, "time_s": 0.0}
-    kwargs = {"device": device, "seed": seed, "progress": True, "batch_size": config.batch_size}
-    if config.pretrain_epochs is not None:
-        kwargs["epochs"] = config.pretrain_epochs
     start = time.perf_counter()
-    if method == "vae":
-        from hebb.baselines import vae_pretrain
-
-        stats = vae_pretrain(net, train.images, **kwargs)
-    else:
-        from hebb.pretrain import pretrain
-
-        stats = pretrain(net, train.images, **kwargs)
+    net, stats = pretrained_network(method, None, train.images, num_classes, epochs=config.pretrain_epochs,
+                                    batch_size=config.batch_size, device=device, seed=seed, progress=True)
     wall = time.perf_counter() - start
     stats = _jsonable(dict(stats or {}))
-    stats.setdefault("time_s", wall)
     stats["wall_s"] = wall      # also counts what the training code leaves out of time_s (input/ZCA fitting)
-    epochs = int(stats.get("epochs", config.pretrain_epochs or 0) or 0)
+    epochs = int(stats.get("epochs", 0) or 0)
     stats["epochs"] = epochs
     per_epoch = stats.get("epoch_times_s") or []
     stats.setdefault("epoch_time_s", float(np.mean(per_epoch)) if per_epoch
@@ -259,19 +286,32 @@ def pretrain_method(method: str, train, num_classes: int, config: SweepConfig, s
 def finetune_run(net, labelled, val, layer: int, config: SweepConfig, seed: int,
                  device: torch.device) -> tuple[torch.nn.Module, dict]:
     """Fine-tune `net` (a private copy) cut after `layer` on the labelled subset; (net, stats with time_s)."""
-    from hebb.finetune import finetune
+    from hebb.recipes import read_out
 
-    kwargs = {"layer": layer, "device": device, "seed": seed, "progress": False}
-    if config.finetune_epochs is not None:
-        kwargs["epochs"] = config.finetune_epochs
     start = time.perf_counter()
-    net, stats = finetune(net, labelled, val, **kwargs)
+    net, stats = read_out(net, "finetune", labelled, val, layer, device=device, seed=seed, progress=False,
+                          epochs=config.finetune_epochs)
     stats = _jsonable(dict(stats or {}))
     stats.setdefault("time_s", time.perf_counter() - start)
     return net, stats
 
 
-@torch.inference_mode()
+def probe_run(features: "LayerFeatures", labelled_idx: np.ndarray, data: dict, config: SweepConfig, seed: int,
+              device: torch.device) -> tuple[dict, dict]:
+    """Train a probe head on the cached features of the labelled images; (test accuracy, stats)."""
+    from hebb.finetune import fit_linear_head, head_accuracy
+
+    train, val, test = data["train"], data["val"], data["test"]
+    idx = torch.from_numpy(np.asarray(labelled_idx))
+    start = time.perf_counter()
+    options = {"epochs": config.probe_epochs} if config.probe_epochs else {}
+    head, stats = fit_linear_head(features.train[idx], train.labels[idx], features.val, val.labels,
+                                  len(train.classes), device=device, seed=seed, progress=False, **options)
+    acc = head_accuracy(head, features.test, test.labels, topk=(1, 5))
+    stats = _jsonable(dict(stats, time_s=time.perf_counter() - start, readout="probe"))
+    return {"top1": acc["top1"], "top5": acc["top5"]}, stats
+
+
 def score_accuracy(net, test, device: torch.device, batch_size: int = 500) -> dict:
     """{'top1', 'top5'} fractions of the test split classified correctly by `net` (in eval mode)."""
     from hebb.data import to_float
@@ -334,6 +374,7 @@ def _pretrained(method: str, seed: int, data: dict, config: SweepConfig, device:
     train = data["train"]
     net, stats = pretrain_method(method, train, len(train.classes), config, seed, device)
     stats["device"] = device_description(device)
+    stats["code"] = CODE_VERSION
     save_checkpoint(ckpt, net, {"stage": "pretrain", "dataset": config.dataset, "classes": train.classes,
                                 "split_seed": config.split_seed, "training": {"seed": seed, "method": method},
                                 "timings": stats})
@@ -354,46 +395,150 @@ def evaluate_run(pretrained, method: str, regime: float, layer: int, seed: int, 
     net = net.to(device).eval()
     acc = score_accuracy(net, test, device)
     retrieval = retrieval_scores(net, layer, train, test, device, config)
+    return _record(method, "finetune", regime, layer, seed, len(labelled), acc, ft_stats, retrieval,
+                   {"finetune_s": ft_stats.get("time_s"), "finetune_epochs": ft_stats.get("epochs"),
+                    "features_s": retrieval.pop("features_s"), "ranking_s": retrieval.pop("ranking_s")},
+                   pretrain_stats, device, finetune=ft_stats)
+
+
+def _record(method, readout, regime, layer, seed, labelled, acc, stats, retrieval, timings, pretrain_stats,
+            device, **extra) -> dict:
+    """One results.json cell."""
     return {
-        "method": method, "regime": regime, "layer": layer, "seed": seed,
-        "labelled": len(labelled), "accuracy": acc,
-        "val_accuracy": ft_stats.get("val_acc"),
+        "method": method, "readout": readout, "regime": regime, "layer": layer, "seed": seed,
+        "arch": method_arch(method), "labelled": labelled, "accuracy": acc, "val_accuracy": stats.get("val_acc"),
         "retrieval": retrieval,
         "timings": {"pretrain_epoch_s": pretrain_stats.get("epoch_time_s"),
                     "pretrain_epochs": pretrain_stats.get("epochs"),
-                    "pretrain_s": pretrain_stats.get("time_s"),
-                    "finetune_s": ft_stats.get("time_s"),
-                    "finetune_epochs": ft_stats.get("epochs"),
-                    "features_s": retrieval.pop("features_s"),
-                    "ranking_s": retrieval.pop("ranking_s")},
-        "finetune": ft_stats,
+                    "pretrain_s": pretrain_stats.get("time_s"), **timings},
+        **extra,
         "device": device_description(device),
+        "code": CODE_VERSION,
         "finished": _now(),
     }
 
 
+@dataclass
+class LayerFeatures:
+    """The flattened features of one layer of one frozen network for every split, and the frozen trunk's
+    retrieval scores (they do not depend on the labels)."""
+
+    key: tuple
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+    retrieval: dict
+    features_s: float
+
+
+def layer_features(key: tuple, net, layer: int, data: dict, config: SweepConfig,
+                   device: torch.device) -> LayerFeatures:
+    """Features of `layer` of the frozen `net` for train / val / test, computed once, and their retrieval."""
+    from hebb.finetune import extract_features
+    from retrieval.features import FeatureExtractor
+    from retrieval.metrics import rank_database
+
+    start = time.perf_counter()
+    net = copy.deepcopy(net).to(device).eval()
+    feats = {name: extract_features(net, data[name].images, layer, device, batch_size=250, progress=True).cpu()
+             for name in ("train", "val", "test")}
+    features_s = time.perf_counter() - start
+    start = time.perf_counter()
+    ext = FeatureExtractor(net, layer, pooling=config.pooling, projection=config.projection, dim=config.dim,
+                           device=device)
+    ext.fit_activations(feats["train"])
+    db, queries = ext.transform_activations(feats["train"]), ext.transform_activations(feats["test"])
+    ranking = rank_database(queries, db, data["test"].labels.numpy(), data["train"].labels.numpy(), device=device)
+    retrieval = ranking.summary()
+    retrieval.update(features=ext.config(), database=len(db), ranking_s=time.perf_counter() - start,
+                     frozen_trunk=True)
+    return LayerFeatures(key, feats["train"], feats["val"], feats["test"], retrieval, features_s)
+
+
+def probe_cell(features: LayerFeatures, method: str, regime: float, layer: int, seed: int, data: dict,
+               config: SweepConfig, device: torch.device, pretrain_stats: dict) -> dict:
+    """One probe cell: a head on the labelled subset's cached features; retrieval is the frozen trunk's."""
+    from hebb.data import regime_indices
+
+    idx = regime_indices(data["train"].labels, regime, seed)
+    acc, stats = probe_run(features, idx, data, config, seed, device)
+    return _record(method, "probe", regime, layer, seed, len(idx), acc, stats, copy.deepcopy(features.retrieval),
+                   {"probe_s": stats.get("time_s"), "probe_epochs": stats.get("epochs"),
+                    "features_s": features.features_s}, pretrain_stats, device, probe=stats)
+
+
+CODE_VERSION = code_version()
+
+
 def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
-    """Run every missing (method, regime, layer, seed) of `config`; return the results dict (also on disk)."""
+    """Run every missing (method, readout, regime, layer, seed) cell of `config`; return the results dict
+    (also on disk)."""
     device = torch.device(config.device)
     results = _open_results(config, device)
-    todo = [r for r in config.runs() if run_key(*r) not in results["runs"]]
+    todo = [r for r in config.runs() if _key(r) not in results["runs"]]
     results["sessions"].append({"started": _now(), "command": config.command, "device": device_description(device),
                                 "torch": torch.__version__, "python": platform.python_version(),
-                                "runs_requested": len(config.runs()), "runs_to_do": len(todo)})
+                                "code": CODE_VERSION, "runs_requested": len(config.runs()),
+                                "runs_to_do": len(todo)})
     write_results(config.out, results)
     if not todo:
         return results
     data = load_data(config)
     bar = tqdm(total=len(todo), desc="evaluation runs", unit="run", disable=not progress)
-    current, pretrained, pre_stats = None, None, None
-    for method, regime, layer, seed in todo:
-        bar.set_postfix_str(run_key(method, regime, layer, seed))
+    current, pretrained, pre_stats, features = None, None, None, None
+    for cell in todo:
+        method, readout, regime, layer, seed = cell
+        bar.set_postfix_str(_key(cell))
         if current != (method, seed):
             pretrained, pre_stats = _pretrained(method, seed, data, config, device, results)
-            current = (method, seed)
-        record = evaluate_run(pretrained, method, regime, layer, seed, data, config, device, pre_stats)
-        results["runs"][run_key(method, regime, layer, seed)] = record
+            current, features = (method, seed), None
+        if readout == "probe":
+            if features is None or features.key != (method, seed, layer):
+                features = None  # free the previous layer's features first
+                features = layer_features((method, seed, layer), pretrained, layer, data, config, device)
+            record = probe_cell(features, method, regime, layer, seed, data, config, device, pre_stats)
+        else:
+            record = evaluate_run(pretrained, method, regime, layer, seed, data, config, device, pre_stats)
+        results["runs"][_key(cell)] = record
         write_results(config.out, results)
         bar.update(1)
     bar.close()
     return results
+
+
+def _key(cell: tuple) -> str:
+    method, readout, regime, layer, seed = cell
+    return run_key(method, regime, layer, seed, readout)
+
+
+def sweep_status(config: SweepConfig) -> dict:
+    """What is done and left of `config` in its folder, with an estimate of the time left from the cells done."""
+    results = load_results(config.out) or {"runs": {}, "pretraining": {}}
+    cells = config.runs()
+    done = [c for c in cells if _key(c) in results["runs"]]
+    left = [c for c in cells if _key(c) not in results["runs"]]
+    seconds = {}
+    for c in done:
+        rec = results["runs"][_key(c)]
+        t = rec.get("timings", {})
+        cost = sum(v for k, v in t.items() if k in ("finetune_s", "probe_s", "ranking_s") and v)
+        seconds.setdefault((c[0], c[1]), []).append(cost)
+    pre_done = {k for k in results.get("pretraining", {})}
+    estimate = 0.0
+    unknown = set()
+    for c in left:
+        known = seconds.get((c[0], c[1]))
+        if known:
+            estimate += float(np.mean(known))
+        else:
+            unknown.add(f"{c[0]}/{c[1]}")
+    for method, seed in {(c[0], c[4]) for c in left}:
+        if f"{method}/s{seed}" not in pre_done:
+            costs = [v.get("wall_s") or v.get("time_s") or 0.0 for k, v in results.get("pretraining", {}).items()
+                     if k.startswith(f"{method}/")]
+            if costs:
+                estimate += float(np.mean(costs))
+            elif method.partition("@")[0] in PRETRAINED_METHODS:
+                unknown.add(f"{method} pre-training")
+    return {"cells": len(cells), "done": len(done), "left": [_key(c) for c in left],
+            "estimate_s": estimate, "unknown_cost": sorted(unknown)}

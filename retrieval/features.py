@@ -7,9 +7,8 @@ output rows are cosines, which is what the index searches.
 Poolings of a (C, H, W) activation: `flatten` (C*H*W), `avg` / `max` (global, C), `avgmax` (both, 2C),
 `grid` (2x2 average grid, 4C). Projections: `none`, `pca`, `pcaw` (PCA-whitening).
 
-DEFAULTS holds the per-layer choice of `pooling="auto"` for cifar6, picked by mAP at a sane index size; the
-measured table is in the comment under it. ARCH_DEFAULTS holds one such table per architecture
-(`default_reduction`).
+What `pooling="auto"` (and projection / dim) mean for a layer is the architecture registry's choice
+(`hebb.architectures`, each entry's `reductions`, with the measurements behind them).
 """
 
 from __future__ import annotations
@@ -26,46 +25,6 @@ from hebb.errors import UserError
 POOLINGS = ("flatten", "avg", "max", "avgmax", "grid")
 PROJECTIONS = ("none", "pca", "pcaw")
 
-# layer -> (pooling, projection, dim) used when pooling / projection / dim are "auto" / None.
-DEFAULTS: dict[int, tuple[str, str, int | None]] = {
-    1: ("grid", "pcaw", 256),
-    2: ("grid", "pca", 256),
-    3: ("flatten", "pca", 256),
-    4: ("flatten", "pca", 256),
-    5: ("flatten", "pca", 256),
-}
-
-# Measurements behind DEFAULTS: mAP@100 / mAP@all (DESIGN §6), database = 5,000 training-split images (500
-# per class), queries = 1,000 test images, network = HPCA pre-trained for 1 epoch on 3,000 images (CPU, no
-# fine-tuning; a weak net, so differences are small). Script: one forward per layer, every pooling, PCA
-# fitted on the database. pca beat pcaw on mAP@all at layers 2-5 (pcaw wins mAP@100 at layers 4-5 only); at
-# layer 1 pcaw wins mAP@100 at equal mAP@all. 128 vs 256 components made no difference; 256 is kept for
-# stronger (fine-tuned) nets. Grid pooling is what keeps layers 1-2 indexable at a sane size.
-#
-#   layer 5 flatten 4096 raw .0471/.1320   pca256 .0472/.1341   pcaw256 .0578/.1276
-#   layer 4 avgmax  512 raw  .0532/.1374   pca256 .0543/.1397   grid pca256 .0519/.1370
-#   layer 4 flatten 2304 raw .0559/.1383   pca256 .0566/.1410   pcaw256 .0633/.1278
-#   layer 3 grid    768      pca256 .0626/.1437   pcaw256 .0739/.1355
-#   layer 3 flatten 4800 raw .0705/.1464   pca128 .0723/.1494   pca256 .0724/.1495   pcaw256 .0684/.1283
-#   layer 2 avgmax  256 raw  .0622/.1427   grid 512 raw .0723/.1474   grid pca256 .0742/.1503
-#   layer 1 avgmax  192 raw  .0590/.1383   grid 384 raw .0661/.1448   grid pca256 .0675/.1474
-#                                          grid pcaw256 .0879/.1474
-# The fine-tuned quickstart model (CPU configuration) at layer 5, flatten + pca256, on the 40,000-image index
-# with 1,000 test queries: mAP@100 .0865, P@10 .259.
-
-# imagenet10 (210x210 input, layers 1..9). NOT MEASURED: chosen by analogy with the cifar6 table above and by
-# size. Maps of 12x12 and larger (layers 1..6) are grid-pooled (flattening layer 3 would give 196,608 floats
-# per image, and a PCA fit over 10,000 of those 7.9 GB); the small maps of layers 7..8 (9,600 and 4,608
-# floats) and the fully connected layer 9 (4,096) are flattened; everything is projected to 256 by PCA.
-IMAGENET10_DEFAULTS: dict[int, tuple[str, str, int | None]] = {
-    1: ("grid", "pcaw", 256),
-    **{layer: ("grid", "pca", 256) for layer in range(2, 7)},
-    7: ("flatten", "pca", 256),
-    8: ("flatten", "pca", 256),
-    9: ("flatten", "pca", 256),
-}
-#: architecture -> per-layer defaults (layer -> (pooling, projection, dim)).
-ARCH_DEFAULTS = {"cifar6": DEFAULTS, "imagenet10": IMAGENET10_DEFAULTS}
 # Images used to fit the projection (a seeded sample of the database when it is larger).
 FIT_SAMPLES = 10_000
 
@@ -79,9 +38,10 @@ def _as_uint8_tensor(images) -> torch.Tensor:
 
 
 def default_reduction(net, layer: int) -> tuple[str, str, int | None]:
-    """(pooling, projection, dim) that "auto" means for `layer` of `net`'s architecture."""
-    table = ARCH_DEFAULTS.get(getattr(net, "arch", "cifar6"), DEFAULTS)
-    return table.get(layer, ("flatten", "pca", 256))
+    """(pooling, projection, dim) that "auto" means for `layer` of `net`'s architecture (the registry's)."""
+    from hebb.architectures import architecture
+
+    return architecture(net.arch).reduction(layer)
 
 
 def input_side(net) -> int:
@@ -276,6 +236,31 @@ class FeatureExtractor:
         pooled = self.pooled(images).to(self.device)
         self.state = fit_pca(pooled, self.requested_dim, whiten=self.projection == "pcaw")
         return self
+
+    def pooled_activations(self, acts: torch.Tensor) -> torch.Tensor:
+        """`pooled` for activations of the layer already computed: (N, C, H, W), or flattened (N, C·H·W)."""
+        acts = acts.reshape(len(acts), *self.net.feature_shape(self.layer))
+        return F.normalize(pool(acts, self.pooling).float(), dim=1)
+
+    def fit_activations(self, acts: torch.Tensor, max_samples: int = FIT_SAMPLES, seed: int = 0) -> "FeatureExtractor":
+        """`fit` on the layer's activations of the database images (the same seeded sample as `fit`)."""
+        if self.projection == "none":
+            return self
+        if len(acts) > max_samples:
+            idx = np.sort(np.random.default_rng(seed).choice(len(acts), max_samples, replace=False))
+            acts = acts[torch.from_numpy(idx)]
+        if len(acts) < 2:
+            raise UserError("need at least 2 images to fit the PCA projection")
+        pooled = self.pooled_activations(acts).to(self.device)
+        self.state = fit_pca(pooled, self.requested_dim, whiten=self.projection == "pcaw")
+        return self
+
+    @torch.inference_mode()
+    def transform_activations(self, acts: torch.Tensor, batch_size: int = 4096) -> np.ndarray:
+        """`transform` for activations of the layer already computed."""
+        out = [self.project(self.pooled_activations(acts[i:i + batch_size].to(self.device))).cpu()
+               for i in range(0, len(acts), batch_size)]
+        return (torch.cat(out) if out else torch.zeros(0, self.dim)).numpy().astype(np.float32, copy=False)
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
         """Apply the fitted projection and the final L2 normalisation to pooled vectors."""

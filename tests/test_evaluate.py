@@ -134,7 +134,7 @@ def _real_sweep_then_rerun(methods, cifar_data_dir, tmp_path, monkeypatch):
     full = results["runs"][f"{first}/r100/l2/s0"]
     assert full["labelled"] == 200 and full["timings"]["finetune_epochs"] == 1
     summary = (out / "summary.md").read_text()
-    assert "CPU" in summary and f"hebbir evaluate --dataset cifar10 --methods {methods} --regimes 10,100" in summary
+    assert "CPU" in summary and f"hebbir evaluate --dataset cifar10 --methods {methods} --readouts finetune --regimes 10,100" in summary
     assert (out / "accuracy_vs_regime.png").is_file()
 
     # a rerun trains nothing: any call to a training stage fails the test

@@ -8,7 +8,8 @@ import torch
 
 from hebb.errors import UserError
 from hebb.network import build_network
-from retrieval.features import DEFAULTS, FeatureExtractor, fit_pca
+from hebb.architectures import ARCHITECTURES
+from retrieval.features import FeatureExtractor, fit_pca
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def test_restoring_from_config_gives_the_same_vectors(net_and_images):
 
 def test_auto_defaults_and_bad_settings(net_and_images):
     net, _ = net_and_images
-    for layer, (pooling, projection, dim) in DEFAULTS.items():
+    for layer, (pooling, projection, dim) in ARCHITECTURES["cifar6"].reductions.items():
         ext = FeatureExtractor(net, layer)
         assert (ext.pooling, ext.projection, ext.dim) == (pooling, projection, dim or ext.pooled_dim)
     with pytest.raises(UserError, match="too large to index raw"):

@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 
 from hebb.errors import UserError
+from hebb.recipes import methods as _recipe_methods
 from retrieval.commands.common import add_data_dir, add_device, positive_int, resolve_device
+
+METHODS = _recipe_methods()
 
 
 def _csv(kind):
@@ -26,23 +29,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="accuracy and retrieval mAP across methods, label regimes, layers and seeds",
         description="For each method and seed: one unsupervised pre-training (cached under OUT/work), then for "
-                    "each label regime and layer: fine-tuning on the labelled subset, test accuracy, and "
-                    "retrieval mAP@100 / mAP@R / mAP@all (database = training split, queries = test split). "
-                    "Finished runs go to OUT/results.json at once; rerunning skips them, so an interrupted "
-                    "sweep continues. OUT/summary.md and plots are written at the end.",
-        epilog="example: hebbir evaluate --methods hpca,sgd --regimes 1,10,100 --seeds 3 --out reports/cifar10")
+                    "each read-out, label regime and layer: the read-out trained on the labelled subset "
+                    "(finetune: end to end; probe: a linear head on the frozen trunk's cached features), test "
+                    "accuracy, and retrieval mAP@100 / mAP@R / mAP@all (database = training split, queries = "
+                    "test split). Each method runs on its own network (softhebb on wide3, the others on cifar6). "
+                    "Finished cells go to OUT/results.json at once, with the code version; rerunning skips "
+                    "them, so an interrupted sweep continues. OUT/summary.md and plots are written at the end. "
+                    "--status says what is done and left, with an estimate of the time left.",
+        epilog="examples: hebbir evaluate --methods hpca,sgd --regimes 1,10,100 --seeds 3 --out reports/cifar10\n"
+               "          hebbir evaluate --methods softhebb,random --readouts probe --out reports/cifar10\n"
+               "          hebbir evaluate --methods softhebb,random --readouts probe --out reports/cifar10 --status",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="cifar10", help="dataset in the data directory (default: cifar10)")
     p.add_argument("--methods", type=_csv(str), default=("hpca", "swta", "vae", "sgd"),
-                   help="comma-separated, from hpca, swta, wta, vae, sgd, random (default: hpca,swta,vae,sgd)")
+                   help="comma-separated, from " + ", ".join(METHODS) + " (default: hpca,swta,vae,sgd)")
+    p.add_argument("--readouts", type=_csv(str), default=("finetune",),
+                   help="comma-separated, from finetune, probe (default: finetune); sgd trains end to end only")
     p.add_argument("--regimes", type=_csv(float), default=(1, 5, 10, 100),
                    help="label regimes in %% of the training split (default: 1,5,10,100)")
     p.add_argument("--layers", type=_layers, default="best",
-                   help="'best' (layer 5, the whole trunk as in the papers' Table 2) or a list such as 1,2,3,4,5")
+                   help="'best' (each network's top layer, the whole trunk as in the papers' Table 2) or a list "
+                        "such as 1,2,3,4,5 (a network takes the layers it has)")
     p.add_argument("--seeds", type=positive_int, default=3, help="repetitions, seeds 0..N-1 (default: 3)")
     p.add_argument("--pretrain-epochs", type=positive_int, default=None,
                    help="pre-training epochs (default: the training code's default)")
     p.add_argument("--finetune-epochs", type=positive_int, default=None,
                    help="fine-tuning epochs (default: the training code's default)")
+    p.add_argument("--probe-epochs", type=positive_int, default=None,
+                   help="probe head epochs (default: the probe's, 50)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="pre-training batch (default: each architecture's)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="use at most N images of each split (a fixed random sample): quick, not comparable runs")
     p.add_argument("--pooling", default="auto", choices=("auto", "flatten", "avg", "max", "avgmax", "grid"),
@@ -52,6 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dim", type=positive_int, default=None, help="projected feature size (default: auto)")
     p.add_argument("--out", type=Path, required=True, help="report folder (results.json, summary.md, plots)")
     p.add_argument("--report-only", action="store_true", help="only regenerate summary.md and plots from results.json")
+    p.add_argument("--status", action="store_true",
+                   help="print what of this sweep is done and left (and the estimated time left), run nothing")
     p.add_argument("--pr-regime", type=float, default=None,
                    help="regime of the precision-recall plot (default: 10 if run, else the smallest)")
     add_device(p)
@@ -65,8 +83,8 @@ def command_line(args: argparse.Namespace) -> str:
         return ",".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, tuple) else str(v)
 
     parts = ["hebbir evaluate"]
-    for name in ("dataset", "methods", "regimes", "layers", "seeds", "pretrain_epochs", "finetune_epochs", "limit",
-                 "pooling", "projection", "dim", "device", "data_dir", "out"):
+    for name in ("dataset", "methods", "readouts", "regimes", "layers", "seeds", "pretrain_epochs", "finetune_epochs",
+                 "probe_epochs", "batch_size", "limit", "pooling", "projection", "dim", "device", "data_dir", "out"):
         value = getattr(args, name)
         if value is not None:
             parts.append(f"--{name.replace('_', '-')} {fmt(value)}")
@@ -74,19 +92,31 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from retrieval.evaluate import BEST_LAYER, SweepConfig, run_sweep
+    from retrieval.evaluate import SweepConfig, run_sweep, sweep_status
     from retrieval.report import write_report
 
     if not args.report_only:
-        layers = (BEST_LAYER,) if args.layers == "best" else args.layers
-        if not layers:
+        layers = None if args.layers == "best" else args.layers
+        if layers == ():
             raise UserError("--layers: give 'best' or layer numbers such as 1,3,5")
         config = SweepConfig(out=args.out, dataset=args.dataset, methods=tuple(m.lower() for m in args.methods),
-                             regimes=args.regimes, layers=layers, seeds=tuple(range(args.seeds)),
-                             pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.finetune_epochs,
-                             limit=args.limit, pooling=args.pooling, projection=args.projection,
-                             dim=args.dim, device=str(resolve_device(args.device)), data_dir=args.data_dir,
-                             command=command_line(args))
+                             readouts=tuple(r.lower() for r in args.readouts), regimes=args.regimes, layers=layers,
+                             seeds=tuple(range(args.seeds)), pretrain_epochs=args.pretrain_epochs,
+                             finetune_epochs=args.finetune_epochs, probe_epochs=args.probe_epochs,
+                             batch_size=args.batch_size, limit=args.limit, pooling=args.pooling,
+                             projection=args.projection, dim=args.dim, device=str(resolve_device(args.device)),
+                             data_dir=args.data_dir, command=command_line(args))
+        if args.status:
+            status = sweep_status(config)
+            hours = status["estimate_s"] / 3600
+            print(f"{status['done']} of {status['cells']} cells done in {args.out}; {len(status['left'])} left, "
+                  f"about {hours:.1f} h" + (f" plus unmeasured: {', '.join(status['unknown_cost'])}"
+                                            if status["unknown_cost"] else ""))
+            for key in status["left"][:20]:
+                print(f"  left: {key}")
+            if len(status["left"]) > 20:
+                print(f"  ... and {len(status['left']) - 20} more")
+            return 0
         results = run_sweep(config)
         print(f"{len(results['runs'])} runs in {args.out / 'results.json'}")
     path = write_report(args.out, pr_regime=args.pr_regime)

@@ -7,34 +7,55 @@ from pathlib import Path
 
 from retrieval.commands.common import add_data_dir, add_device, add_seed, positive_int, resolve_device
 
-PRETRAIN_RULES = ("hpca", "swta", "wta", "vae")
-ARCH_CHOICES = ("cifar6", "imagenet10")  # = hebb.network.ARCHITECTURES (not imported here: --help stays fast)
+from hebb.architectures import ARCHITECTURES, arch_help
+
+
+def _methods() -> tuple[str, ...]:
+    """Pre-training methods of every registered architecture, in registry order."""
+    found: list[str] = []
+    for plan in ARCHITECTURES.values():
+        found += [r for r in plan.rules + ("vae",) * plan.vae if r not in found]
+    return tuple(found)
+
+
+PRETRAIN_RULES = _methods()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pretrain", help="unsupervised pre-training (Hebbian rules or the VAE baseline)",
         description="Pre-train a network on all images of the training split, without labels. Hebbian rules: "
-                    "hpca (Hebbian PCA), swta (soft winner-takes-all), wta (hard winner-takes-all); all Hebbian "
-                    "layers learn in the same forward pass (plain SGD on the Hebbian update). vae: the trunk "
+                    "hpca (Hebbian PCA), swta (soft winner-takes-all), wta (hard winner-takes-all), softhebb "
+                    "(SoftHebb: soft WTA with anti-Hebbian losers and a norm-adaptive rate, on the wide3 net; "
+                    "one epoch is its recipe); all Hebbian layers learn in the same forward pass. vae: the trunk "
                     "is trained as a VAE encoder (baseline). The checkpoint is rewritten after every epoch, so "
                     "an interrupted run keeps its last finished epoch.",
         epilog="examples: hebbir pretrain --dataset cifar10 --rule hpca --epochs 5 --out models/hpca.pt\n"
+               "          hebbir pretrain --dataset cifar10 --rule softhebb --epochs 1 --out models/softhebb.pt\n"
                "          hebbir pretrain --dataset mine --arch imagenet10 --rule hpca --batch-size 16 "
                "--out models/in10.pt",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="cifar10", help="dataset in the data directory (default: cifar10)")
     p.add_argument("--rule", required=True, help=f"learning rule: {' | '.join(PRETRAIN_RULES)}")
-    add_arch(p, "cifar6")
+    add_arch(p, None, " (default: the first one built for the rule: "
+             + ", ".join(f"{r} -> {next(n for n, a in ARCHITECTURES.items() if r in a.rules + ('vae',) * a.vae)}"
+                         for r in PRETRAIN_RULES) + ")")
     p.add_argument("--spec", default=None,
-                   help="layer kinds, one letter per layer, classifier last (6 letters for cifar6, 10 for "
-                        "imagenet10): H Hebbian, G backprop, R random frozen (default HHHHHG; GGGGGG for vae)")
-    p.add_argument("--epochs", type=positive_int, default=5, help="passes over the images (default: 5)")
+                   help="layer kinds, one letter per layer, classifier last (" + ", ".join(
+                       f"{len(a.layers) + 1} letters for {n}" for n, a in ARCHITECTURES.items())
+                   + "): H Hebbian, G backprop, R random frozen (default: H layers and a G classifier; all G "
+                     "for vae)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="passes over the images (default: 1 for softhebb, 5 otherwise)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="use only N images of the training split (a seeded random sample), for quick runs")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per update (default: 64)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="images per update (default: the architecture's: " + ", ".join(
+                       f"{a.batch_size} for {n}" for n, a in ARCHITECTURES.items()) + ")")
     p.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: the reference's, 1e-3 for cifar6, 1e-4 for imagenet10)")
+                   help="learning rate (default: the reference's: " + ", ".join(
+                       f"{a.hebbian_lr:g} for {n}" for n, a in ARCHITECTURES.items())
+                   + "; for softhebb a multiplier of each block's own rate)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the training/validation split (default: 0)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     add_data_dir(p)
@@ -44,15 +65,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     f = sub.add_parser(
         "finetune", help="supervised fine-tuning on a label regime (or an SGD / random baseline)",
-        description="Cut a network after --layer, put dropout + a linear classifier on it and train it end to "
-                    "end on the labelled images of the regime (percent of the training split, stratified, "
-                    "seeded), keeping the epoch with the best validation accuracy. The default recipe is the "
-                    "reference's: SGD with Nesterov momentum 0.9, lr 1e-3 for half the epochs then halved every "
-                    "epoch, L2 5e-2 (1e-2 for more than 10 classes; 1e-3 for imagenet10). With --classifier "
-                    "hebbian the trunk stays frozen and a Hebbian classifier learns from the labels as a teacher "
-                    "signal (each class vector moves toward its class's mean feature; lr 0.1, 2 epochs by "
-                    "default). Reports test accuracy at the end.",
+        description="Cut a network after --layer, put dropout + a linear classifier on it and train it on the "
+                    "labelled images of the regime (percent of the training split, stratified, seeded), keeping "
+                    "the epoch with the best validation accuracy. --readout finetune (default) trains end to "
+                    "end with the reference recipe: SGD with Nesterov momentum 0.9, lr 1e-3 for half the epochs "
+                    "then halved every epoch, L2 5e-2 (1e-2 for more than 10 classes; 1e-3 for imagenet10). "
+                    "--readout probe freezes the trunk, caches its features once and trains only the head "
+                    "(SoftHebb's read-out: Adam lr 1e-3, 50 epochs, lr halved at epochs 10, 17, 25, 30, 35, 40, "
+                    "45). With --classifier hebbian the trunk stays frozen and a Hebbian classifier learns from "
+                    "the labels as a teacher signal (each class vector moves toward its class's mean feature; "
+                    "lr 0.1, 2 epochs by default). Reports test accuracy at the end.",
         epilog="examples: hebbir finetune --init models/hpca.pt --regime 10 --layer 5 --out models/hpca-r10.pt\n"
+               "          hebbir finetune --init models/softhebb.pt --readout probe --regime 1 --out models/sh-r1.pt\n"
                "          hebbir finetune --init models/hpca.pt --classifier hebbian --out models/hpca-hebb.pt",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     start = f.add_mutually_exclusive_group(required=True)
@@ -65,18 +89,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--regime", type=float, default=10.0,
                    help="percent of the training split that carries labels, in (0, 100] (default: 10)")
     f.add_argument("--layer", type=int, default=None,
-                   help="cut the network after this layer, 1..5 for cifar6, 1..9 for imagenet10 (default: the "
-                        "top layer)")
+                   help="cut the network after this layer, " + ", ".join(
+                       f"1..{len(a.layers)} for {n}" for n, a in ARCHITECTURES.items()) + " (default: the top layer)")
+    f.add_argument("--readout", choices=("finetune", "probe"), default="finetune",
+                   help="finetune: train everything end to end (default); probe: frozen trunk, linear head on its "
+                        "cached features")
     f.add_argument("--classifier", choices=("linear", "hebbian"), default="linear",
                    help="linear: dropout + linear layer, everything trained by backprop (default); hebbian: "
                         "frozen trunk, classifier learned with the teacher-signal Hebbian rule")
     f.add_argument("--epochs", type=positive_int, default=None,
-                   help="epochs (default: 20 for a linear classifier, 2 for a Hebbian one)")
+                   help="epochs (default: 20 for fine-tuning, 50 for a probe, 2 for a Hebbian classifier)")
     f.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default: 64)")
     f.add_argument("--lr", type=float, default=None,
                    help="initial learning rate (default: 1e-3 for a linear classifier, 0.1 for a Hebbian one)")
     f.add_argument("--weight-decay", type=float, default=None,
-                   help="L2 penalty (default, cifar6: 5e-2 for 10 classes, 1e-2 for more; imagenet10: 1e-3)")
+                   help="L2 penalty (default for fine-tuning, cifar6: 5e-2 for 10 classes, 1e-2 for more; "
+                        "imagenet10: 1e-3; for a probe: 0)")
     f.add_argument("--augment", action="store_true", help="random translations and flips of the training images")
     f.add_argument("--limit", type=positive_int, default=None,
                    help="cap the labelled, validation and test images at N each (seeded samples), for quick runs")
@@ -89,75 +117,54 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def add_arch(p: argparse.ArgumentParser, default: str | None, when: str = "") -> None:
-    """The --arch option: which network architecture to build."""
-    p.add_argument("--arch", choices=ARCH_CHOICES, default=default,
-                   help=f"network: cifar6 (32x32 input, layers 1..5) or imagenet10 (210x210 input, layers 1..9; "
-                        f"each image takes 132 KB in memory){when} (default: cifar6)")
-
-
-def _sample(arrays, limit: int | None, seed: int):
-    """A seeded random subset of at most `limit` items (CIFAR splits are ordered by class: never slice)."""
-    import torch
-
-    if limit is None or limit >= len(arrays):
-        return arrays
-    g = torch.Generator().manual_seed(seed)
-    return arrays.subset(torch.randperm(len(arrays), generator=g)[:limit].sort().values)
+    """The --arch option: which network architecture to build (choices from the registry)."""
+    p.add_argument("--arch", choices=tuple(ARCHITECTURES), default=default,
+                   help=f"network: {arch_help()}{when}")
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    import torch
-
-    from hebb.baselines import check_vae_arch, vae_pretrain
     from hebb.checkpoint import save_checkpoint
     from hebb.data import load_splits
     from hebb.errors import UserError
-    from hebb.network import architecture, build_network
-    from hebb.pretrain import pretrain
+    from hebb.network import build_network
+    from hebb.recipes import arch_for, pretrained_network, subsample
 
     rule = args.rule.lower()
     if rule not in PRETRAIN_RULES:
         raise UserError(f"unknown rule '{args.rule}' (choose one of: {', '.join(PRETRAIN_RULES)})")
-    plan = architecture(args.arch)
-    if rule == "vae":
-        check_vae_arch(args.arch)
-    args.lr = plan.hebbian_lr if args.lr is None else args.lr
-    if not args.lr > 0:
+    arch = arch_for(rule, args.arch)
+    if args.lr is not None and not args.lr > 0:
         raise UserError(f"--lr must be positive, got {args.lr}")
     device = resolve_device(args.device)
-    build_network(args.arch, rule=rule, spec=args.spec, cut_layer=1)  # a bad --spec fails before decoding
-    splits = load_splits(args.dataset, args.data_dir, split_seed=args.split_seed, size=plan.input_size)
-    train = _sample(splits["train"], args.limit, args.seed)
-    torch.manual_seed(args.seed)
-    net = build_network(args.arch, num_classes=len(train.classes), rule=rule, spec=args.spec)
-    settings = {"rule": rule, "arch": args.arch, "epochs": args.epochs, "batch_size": args.batch_size,
-                "lr": args.lr, "seed": args.seed, "limit": args.limit, "device": str(device)}
+    build_network(arch, rule=rule, spec=args.spec, cut_layer=1)  # a bad --spec fails before decoding
+    splits = load_splits(args.dataset, args.data_dir, split_seed=args.split_seed,
+                         size=ARCHITECTURES[arch].input_size)
+    train = subsample(splits["train"], args.limit, args.seed)
+    epochs = args.epochs or (1 if rule == "softhebb" else 5)
+    settings = {"rule": rule, "arch": arch, "epochs": epochs, "seed": args.seed, "limit": args.limit,
+                "device": str(device)}
 
     def save(epoch: int, net, stats: dict) -> None:
         save_checkpoint(args.out, net, {
             "stage": "pretrain", "dataset": args.dataset, "split_seed": args.split_seed,
-            "classes": list(train.classes), "training": settings, "epochs_done": epoch,
-            "timings": {k: stats[k] for k in ("time_s", "epoch_times_s", "images_per_s")}})
+            "classes": list(train.classes), "training": dict(settings, batch_size=stats["batch_size"],
+                                                             lr=stats["lr"]),
+            "epochs_done": epoch, "timings": {k: stats[k] for k in ("time_s", "epoch_times_s", "images_per_s")}})
 
-    if rule == "vae":
-        stats = vae_pretrain(net, train.images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             device=device, seed=args.seed, on_epoch_end=save)
-    else:
-        stats = pretrain(net, train.images, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         device=device, seed=args.seed, on_epoch_end=save)
-    print(f"pretrained {rule} ({args.arch} {net.spec}) on {len(train)} images: {stats['epochs']} epochs in "
+    net, stats = pretrained_network(rule, arch, train.images, len(train.classes), epochs=epochs,
+                                    batch_size=args.batch_size, lr=args.lr, spec=args.spec, device=device,
+                                    seed=args.seed, on_epoch_end=save)
+    print(f"pretrained {rule} ({arch} {net.spec}) on {len(train)} images: {stats['epochs']} epochs in "
           f"{stats['time_s']:.1f} s ({stats['images_per_s']:.0f} images/s on {device}); saved {args.out}")
     return 0
 
 
 def _finetune(args: argparse.Namespace) -> int:
-
-    from hebb.baselines import random_frozen, train_from_scratch
     from hebb.checkpoint import file_checksum, load_checkpoint, save_checkpoint
     from hebb.data import load_splits, regime_indices
     from hebb.errors import UserError
-    from hebb.finetune import accuracy, finetune, train_hebbian_classifier
-    from hebb.network import architecture
+    from hebb.finetune import accuracy
+    from hebb.recipes import pretrained_network, read_out, subsample
 
     if not 0 < args.regime <= 100:
         raise UserError(f"--regime must be a percentage in (0, 100], got {args.regime:g}")
@@ -165,19 +172,27 @@ def _finetune(args: argparse.Namespace) -> int:
         raise UserError("--arch is for --from-scratch and --from-random; a checkpoint given by --init carries "
                         "its own architecture")
     arch = args.arch or "cifar6"  # with --init: the checkpoint's, checked below
-    depth = len(architecture(arch).layers)
+    depth = len(ARCHITECTURES[arch].layers)
     if args.layer is not None and (args.layer < 1 or (args.init is None and args.layer > depth)):
         raise UserError(f"--layer must be in 1..{depth}, got {args.layer}")
     hebbian = args.classifier == "hebbian"
-    args.epochs = args.epochs or (2 if hebbian else 20)
+    readout = "hebbian" if hebbian else args.readout
+    if hebbian and args.readout == "probe":
+        raise UserError("--classifier hebbian is its own read-out; leave out --readout probe")
+    args.epochs = args.epochs or {"hebbian": 2, "probe": 50, "finetune": 20}[readout]
     args.lr = (0.1 if hebbian else 1e-3) if args.lr is None else args.lr
     if not args.lr > 0:
         raise UserError(f"--lr must be positive, got {args.lr}")
     if hebbian and args.from_scratch:
         raise UserError("--classifier hebbian reads a trunk that is already trained; it cannot train one from "
                         "scratch (use --init, or --from-random for random features)")
+    if args.from_scratch and readout == "probe":
+        raise UserError("--from-scratch trains the whole network; a probe needs a trained or random trunk "
+                        "(--init or --from-random)")
     if hebbian and (args.augment or args.weight_decay is not None):
         raise UserError("--augment and --weight-decay apply to backprop; a Hebbian classifier takes neither")
+    if readout == "probe" and args.augment:
+        raise UserError("--augment is for end-to-end fine-tuning; a probe reads cached features")
     device = resolve_device(args.device)
     init_meta = None
     if args.init is not None:
@@ -188,46 +203,46 @@ def _finetune(args: argparse.Namespace) -> int:
                             f"got {args.layer}")
     args.layer = args.layer or depth
     splits = load_splits(args.dataset, args.data_dir, split_seed=args.split_seed,
-                         size=architecture(arch).input_size)
+                         size=ARCHITECTURES[arch].input_size)
     classes = list(splits["train"].classes)
     if init_meta is not None and init_meta.get("classes") and init_meta["classes"] != classes \
             and init_meta.get("stage") == "finetune":
         raise UserError(f"{args.init} was fine-tuned on other classes than {args.dataset}'s")
     labelled = splits["train"].subset(regime_indices(splits["train"].labels, args.regime, args.seed))
-    labelled = _sample(labelled, args.limit, args.seed)
-    val = _sample(splits["val"], args.limit, args.seed)
-    test = _sample(splits["test"], args.limit, args.seed)
-    unlabelled = _sample(splits["train"], args.limit, args.seed).images  # input statistics of the baselines
+    labelled = subsample(labelled, args.limit, args.seed)
+    val = subsample(splits["val"], args.limit, args.seed)
+    test = subsample(splits["test"], args.limit, args.seed)
     options = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     if not hebbian:
-        options.update(weight_decay=args.weight_decay, augment=args.augment)
-    if args.from_scratch:
-        method = "sgd"
-        net, stats = train_from_scratch(labelled, val, layer=args.layer, arch=arch, device=device,
-                                        seed=args.seed, unlabelled=unlabelled, **options)
-    elif args.from_random:
-        method = "random"
-        net, stats = random_frozen(labelled, val, layer=args.layer, arch=arch, device=device, seed=args.seed,
-                                   unlabelled=unlabelled, classifier="H" if hebbian else "G", **options)
+        options.update(weight_decay=args.weight_decay)
+    if readout == "finetune":
+        options.update(augment=args.augment)
+    if args.init is None:
+        method = "sgd" if args.from_scratch else "random"
+        unlabelled = subsample(splits["train"], args.limit, args.seed).images  # input statistics
+        spec = "R" * depth + ("H" if hebbian else "G") if method == "random" else None
+        net, _ = pretrained_network(method, arch, unlabelled, len(classes), spec=spec, layer=args.layer,
+                                    device=device, seed=args.seed, progress=False)
     else:
         method = init_meta.get("network", {}).get("rule", "?")
-        train_fn = train_hebbian_classifier if hebbian else finetune
-        net, stats = train_fn(net, labelled, val, layer=args.layer, device=device, seed=args.seed, **options)
+    net, stats = read_out(net, readout, labelled, val, layer=args.layer, device=device, seed=args.seed, **options)
     test_acc = accuracy(net, test.images, test.labels, device) if len(test) else {}
     save_checkpoint(args.out, net, {
         "stage": "finetune", "method": method, "dataset": args.dataset, "split_seed": args.split_seed,
         "classes": classes, "regime": args.regime, "layer": args.layer, "classifier": args.classifier,
+        "readout": readout,
         "init": None if args.init is None else {"path": str(args.init), "sha256": file_checksum(args.init),
                                                 "meta": init_meta},
-        "training": {**options, "classifier": args.classifier, "seed": args.seed, "limit": args.limit,
-                     "device": str(device), "weight_decay": stats["weight_decay"]},
+        "training": {**options, "classifier": args.classifier, "readout": readout, "seed": args.seed,
+                     "limit": args.limit, "device": str(device), "weight_decay": stats["weight_decay"]},
         "timings": {k: stats[k] for k in ("time_s", "epoch_times_s", "images_per_s")},
         "metrics": {"val_acc": stats["val_acc"], "best_epoch": stats["best_epoch"],
                     **{f"test_{k}": v for k, v in test_acc.items()}},
         "history": stats["history"]})
     test_text = f", test acc {test_acc['top1']:.2%}" if test_acc else ""
-    head = "a Hebbian classifier on " if hebbian else ""
-    print(f"fine-tuned {head}{method} layer {args.layer} on {len(labelled)} labelled images ({args.regime:g}% regime): "
+    what = {"hebbian": "a Hebbian classifier on ", "probe": "a linear probe on ", "finetune": ""}[readout]
+    verb = "trained" if readout == "probe" else "fine-tuned"
+    print(f"{verb} {what}{method} layer {args.layer} on {len(labelled)} labelled images ({args.regime:g}% regime): "
           f"{stats['epochs']} epochs in {stats['time_s']:.1f} s ({stats['images_per_s']:.0f} images/s on {device}); "
           f"best val acc {stats['val_acc']:.2%} (epoch {stats['best_epoch']}){test_text}; saved {args.out}")
     return 0
