@@ -187,8 +187,9 @@ def load_image(src: Source, max_pixels: int = MAX_PIXELS) -> Image.Image:
         finally:
             if noted:
                 logger.debug("%s: decoder warnings: %s", name, "; ".join(noted))
-    if noted:
-        reason += f" (decoder: {_shorten(noted[0])}" + (f"; {len(noted) - 1} more" if len(noted) > 1 else "") + ")"
+    if noted:  # what the decoder warned about before failing often says more than the failure itself
+        more = f"; {len(noted) - 1} more" if len(noted) > 1 else ""
+        reason += f" (decoder: {_shorten(noted[0])}{more})"
     raise ImageLoadError(name, reason)
 
 
