@@ -7,17 +7,20 @@ with) lives in that visitor's `st.session_state`, so several people never see ea
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
-from hebb.errors import UserError
-from hebb.images import load_image
 from retrieval import appkit
+from retrieval.appkit import UserError, load_image
 
 PINNED = "pinned_item"  # session key: (index name, item id) of the indexed image being searched with
+#: Shown instead of an unexpected error: its details (paths, trace) are for the server log, not visitors.
+FAILED = "Something went wrong while searching with this image. The details are in the server's log."
+log = logging.getLogger("hebbir.app")
 
 
 @st.cache_resource(show_spinner="Loading the model and the index…", max_entries=4)
@@ -63,6 +66,9 @@ def result_thumbnail(path: str):
     try:
         return np.asarray(appkit.thumbnail(load_image(path)))
     except UserError:
+        return None
+    except Exception:
+        log.exception("thumbnail of %s failed", path)
         return None
 
 
@@ -128,11 +134,15 @@ def search_tab(index_dir: Path, version: float, index_name: str, k: int) -> None
     max_mb = int(st.get_option("server.maxUploadSize"))  # hebbir app --max-upload-mb, or config.toml
     uploads = st.file_uploader(
         "Query images", type=appkit.UPLOAD_TYPES, accept_multiple_files=True, key="uploads",
-        on_change=unpin, help=f"JPEG, PNG, WebP, BMP or GIF (first frame), up to {max_mb} MB each.")
+        on_change=unpin, help=f"{appkit.UPLOAD_HELP}, up to {max_mb} MB each.")
 
     pinned = st.session_state.get(PINNED)
     if pinned and pinned[0] == index_name:
-        thumb, caption, hits, error = search_item(str(index_dir), version, pinned[1], k)
+        try:
+            thumb, caption, hits, error = search_item(str(index_dir), version, pinned[1], k)
+        except Exception:  # not cached: a failure is retried on the next run
+            log.exception("search with indexed item %s of %s failed", pinned[1], index_dir)
+            thumb, caption, hits, error = None, "", [], FAILED
         st.button("Back to my uploads", icon=":material/arrow_back:", on_click=unpin)
         show_query(thumb, "Indexed image", caption, hits, error, index_name, "pinned")
         return
@@ -142,7 +152,11 @@ def search_tab(index_dir: Path, version: float, index_name: str, k: int) -> None
                    "Click **Search** under a result to search with it.")
         return
     for n, upload in enumerate(uploads):
-        thumb, hits, error = search_upload(str(index_dir), version, upload.name, upload.getvalue(), k, max_mb)
+        try:
+            thumb, hits, error = search_upload(str(index_dir), version, upload.name, upload.getvalue(), k, max_mb)
+        except Exception:  # not cached: a failure is retried on the next run
+            log.exception("search with upload %r failed", upload.name)
+            thumb, hits, error = None, [], f"{upload.name}: {FAILED}"
         show_query(thumb, "Query", upload.name, hits, error, index_name, f"q{n}")
 
 

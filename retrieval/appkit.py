@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hebb.images import MAX_PIXELS, ImageLoadError, load_image
+# UserError, ImageLoadError and load_image are also re-exported for the page (app.py), which uses
+# retrieval's API only.
+from hebb.errors import UserError  # noqa: F401
+from hebb.images import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS, ImageLoadError, load_image
 
 INDEX_DIR_ENV = "HEBBIR_INDEX_DIR"
 REPORTS_DIR_ENV = "HEBBIR_REPORTS_DIR"
@@ -20,8 +23,11 @@ DEFAULT_INDEX = "quickstart"
 
 #: Default upload cap in MB: `hebbir app --max-upload-mb` and .streamlit/config.toml (server.maxUploadSize).
 MAX_UPLOAD_MB = 20
-#: Image types the uploader offers (the loader itself reads more).
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif"]
+#: File endings the uploader accepts: exactly those the loader reads.
+UPLOAD_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]
+#: The uploader's tooltip, naming the formats.
+UPLOAD_HELP = (", ".join(FORMATS).replace("PPM", "Netpbm") + " (animated images: their first frame; "
+               "TIFF: its first page)")
 
 MANIFEST_FILE = "manifest.json"
 THUMB_SIZE = 160

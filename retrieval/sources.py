@@ -14,12 +14,14 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
 
 from hebb.errors import UserError
-from hebb.images import IMAGE_EXTENSIONS, ImageLoadError, image_to_array, load_image
+from hebb.images import (IMAGE_EXTENSIONS, OPTIONAL_FORMATS, ImageLoadError, image_to_array, is_image_name,
+                         iter_files, load_image)
 
 #: Files larger than this are skipped unread (no photo needs more; a stray video or disk image would).
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -62,29 +64,35 @@ class Chunk:
     known: list[tuple[str, str]] = field(default_factory=list)  # (path, sha256) already in the index
 
 
-def _list_folder(root: Path) -> tuple[list[str], list[str | None], list[dict]]:
+def _skip_reason(name: str) -> str:
+    suffix = Path(name).suffix.lower()
+    if suffix in OPTIONAL_FORMATS.get("HEIF", ()):
+        return f"not an image file type here ({suffix}: install the HEIC plugin, pip install 'hebbir[heif]')"
+    return f"not an image file type ({suffix or 'no extension'})"
+
+
+def _list_folder(root: Path, exclude: Iterable[str] = ()) -> tuple[list[str], list[str | None], list[dict]]:
     paths: list[str] = []
     labels: list[str | None] = []
     skipped: list[dict] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = Path(dirpath).relative_to(root)
-        label = rel_dir.parts[0] if rel_dir.parts else None
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            full = str((Path(dirpath) / name).resolve())
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                paths.append(full)
-                labels.append(label)
-            else:
-                skipped.append({"path": full, "reason": f"not an image file type ({Path(name).suffix or 'no extension'})"})
+    for file in iter_files(root, exclude):  # sorted, hidden files and `exclude` left out
+        rel = file.relative_to(root)
+        full = str(file.resolve())
+        if is_image_name(file.name):
+            paths.append(full)
+            labels.append(rel.parts[0] if len(rel.parts) > 1 else None)
+        else:
+            skipped.append({"path": full, "reason": _skip_reason(file.name)})
     order = sorted(range(len(paths)), key=lambda i: paths[i])
     return [paths[i] for i in order], [labels[i] for i in order], skipped
 
 
-def open_source(spec: str | os.PathLike, data_dir: Path | str | None = None, size: int = 32) -> ImageSource:
+def open_source(spec: str | os.PathLike, data_dir: Path | str | None = None, size: int = 32,
+                exclude: Iterable[str] = ()) -> ImageSource:
     """List the images of `spec`: an existing folder, or `NAME[:train|val|test]` of the data directory.
+
+    In a folder, hidden files and folders (`hebb.images.DEFAULT_EXCLUDE`) and whatever matches one of the
+    glob patterns `exclude` are left out unlisted (see `hebb.images.iter_files`).
 
     A bare dataset name means its training split (`cifar10` = `cifar10:train`, the 40,000 images of
     DESIGN §4). `size` is the side the dataset cache is decoded at (the network's input size).
@@ -92,7 +100,7 @@ def open_source(spec: str | os.PathLike, data_dir: Path | str | None = None, siz
     text = str(spec)
     path = Path(text).expanduser()
     if path.is_dir():
-        paths, labels, skipped = _list_folder(path)
+        paths, labels, skipped = _list_folder(path, exclude)
         if not paths:
             raise UserError(f"{path}: no image files found ({', '.join(IMAGE_EXTENSIONS)})")
         return ImageSource(str(path.resolve()), "folder", paths, labels, None, skipped)

@@ -225,3 +225,51 @@ def test_the_page_applies_the_server_upload_cap(page):
     assert not at.exception
     assert any("photo.png" in e.value and "too large" in e.value for e in at.error)
     assert results(at) == []
+
+
+def test_files_that_lie_get_a_message_or_their_first_page(page):
+    from badfiles import tiff_second_page_without_width, tiff_strip_past_end
+
+    at = page.run()
+    at.slider(key="k").set_value(2)
+    at = upload(at, {"pages.tif": tiff_second_page_without_width(), "strip.tif": tiff_strip_past_end()})
+    assert not at.exception
+    assert [e.value for e in at.error] == ["strip.tif: cannot decode: corrupt TIFF image data (the decoder "
+                                           "stopped with error -2)"]
+    assert len(results(at)) == 2
+
+
+def test_an_unexpected_failure_shows_a_friendly_message_and_goes_to_the_log(page, monkeypatch, caplog):
+    from retrieval import appkit
+
+    def explode(name, data, **kwargs):
+        raise RuntimeError("/srv/secret/site-packages/PIL/Image.py exploded")
+
+    monkeypatch.setattr(appkit, "read_upload", explode)
+    at = upload(page.run(), {"unlucky.png": image_bytes(Image.new("RGB", (9, 7), "teal"), "PNG")})
+    assert not at.exception
+    shown = [e.value for e in at.error]
+    assert len(shown) == 1 and shown[0].startswith("unlucky.png: Something went wrong") and "/srv" not in shown[0]
+    logged = [r for r in caplog.records if r.name == "hebbir.app" and r.exc_info]
+    assert logged and "exploded" in str(logged[0].exc_info[1])
+
+
+def test_visitors_never_see_error_details(tmp_path):
+    import tomllib
+
+    from retrieval.cli import build_parser
+    from retrieval.commands.app import streamlit_command
+
+    command = streamlit_command(build_parser().parse_args(["app"]))
+    assert command[command.index("--client.showErrorDetails") + 1] == "none"
+    config = tomllib.loads((APP.parent / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["showErrorDetails"] == "none"
+
+
+def test_the_page_uses_retrievals_api_only():
+    import ast
+
+    tree = ast.parse(APP.read_text())
+    modules = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    modules += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
+    assert not [m for m in modules if m == "hebb" or m.startswith("hebb.")], modules

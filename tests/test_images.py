@@ -129,3 +129,28 @@ def test_folder_scan_is_sorted_and_skips_hidden(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
     assert [p.relative_to(tmp_path).as_posix() for p in iter_image_files(tmp_path)] == ["a/1.PNG", "b/2.jpg"]
+
+
+def test_folder_scan_skips_nas_and_mac_debris_and_caller_patterns(tmp_path):
+    for rel in ["a/1.jpg", "a/._1.jpg", "@eaDir/a/1.jpg/SYNOPHOTO_THUMB_M.jpg", "__MACOSX/a/._2.jpg",
+                "raw/3.jpg", "a/4.tmp.jpg", "b/raw/5.jpg", "b/6.png"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    found = [p.relative_to(tmp_path).as_posix() for p in iter_image_files(tmp_path, exclude=["raw/*", "*.tmp.jpg"])]
+    assert found == ["a/1.jpg", "b/6.png", "b/raw/5.jpg"]  # a pattern with a slash is anchored at the root
+    assert [p.relative_to(tmp_path).as_posix() for p in iter_image_files(tmp_path, exclude=["raw"])] == \
+        ["a/1.jpg", "a/4.tmp.jpg", "b/6.png"]  # a bare name matches at any depth
+
+
+def test_open_source_passes_exclude_patterns(tmp_path):
+    from retrieval.sources import open_source
+
+    for rel in ["cat/1.png", "cat/._1.png", "dog/2.png", "dog/drafts/3.png", "notes.txt"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        if rel.endswith(".png"):
+            Image.new("RGB", (4, 4)).save(tmp_path / rel, "PNG")
+        else:
+            (tmp_path / rel).write_text("x")
+    source = open_source(tmp_path, exclude=["drafts"])
+    assert [p.rsplit("/", 2)[-2:] for p in source.paths] == [["cat", "1.png"], ["dog", "2.png"]]
+    assert source.labels == ["cat", "dog"] and [s["path"].endswith("notes.txt") for s in source.skipped] == [True]

@@ -107,3 +107,26 @@ def test_cli_errors_are_one_line(flat_index, tmp_path, capsys):
     # the installed entry point too, in a fresh process: no traceback
     r = subprocess.run([sys.executable, "-m", "retrieval.cli", *cases[1]], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("hebbir: error: ") and "Traceback" not in r.stderr
+
+
+def test_unreadable_queries_get_one_line_each_and_the_others_answer(flat_index, image_folder, tmp_path, capsys):
+    from badfiles import tiff_second_page_without_width, tiff_strip_past_end
+
+    good = sorted(image_folder.rglob("*.jpg"))[:2]
+    broken = tmp_path / "strip.tif"
+    broken.write_bytes(tiff_strip_past_end())
+    odd = tmp_path / "pages.tif"  # its second page lacks its width: the first one is searched with
+    odd.write_bytes(tiff_second_page_without_width())
+    queries = [str(good[0]), str(broken), str(odd), str(tmp_path / "missing.jpg"), str(good[1])]
+    argv = ["search", "--index", str(flat_index), "--k", "2", "--device", "cpu"]
+    assert main([*argv, "--json", *queries]) == 2
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert [entry is None for entry in out] == [False, True, False, True, False]
+    assert out[0][0]["path"] == str(good[0].resolve()) and out[4][0]["path"] == str(good[1].resolve())
+    errors = [line for line in captured.err.splitlines() if line.startswith("hebbir: error: ")]
+    assert len(errors) == 2 and "strip.tif: cannot decode" in errors[0] and "missing.jpg: no such file" in errors[1]
+    assert "Traceback" not in captured.err
+    assert main([*argv, *queries]) == 2
+    table = capsys.readouterr().out
+    assert str(odd) in table and str(broken) not in table and "3 queries in" in table

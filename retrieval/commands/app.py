@@ -52,6 +52,7 @@ def streamlit_command(args: argparse.Namespace) -> list[str]:
         "--server.headless", "true" if args.no_browser else "false",
         "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "viewer",
+        "--client.showErrorDetails", "none",  # no traceback or server path reaches a visitor
         "--server.fileWatcherType", "none",
     ]
 
