@@ -1,10 +1,10 @@
 """Work counts of the Hebbian pre-training step: multiply-adds (MACs) and bytes per layer, per batch and epoch.
 
-Counted for the CIFAR 6-layer net (DESIGN.md §3), one batch of B images, float32. For a layer with
+Counted for the CIFAR 6-layer net (docs/NETWORKS.md#cifar6), one batch of B images, float32. For a layer with
 N = B·H'·W' patch rows of D = C·k·k inputs and M neurons:
 
     forward           N·M·D                  (the convolution itself; needed by every rule)
-    hpca  reference   N·M·D + N·M² + M²·D    (YᵀX, YᵀY, tril(YᵀY)·W: the matrix form of DESIGN §2)
+    hpca  reference   N·M·D + N·M² + M²·D    (YᵀX, YᵀY, tril(YᵀY)·W: the matrix form of docs/RULES.md#hpca)
     hpca  fast        what hebb.layers runs: the same moments through conv2d_weight (no unfold), or, when
                       `hebb.rules.hpca_prefers_blocked` says so (small N, large M: layer 5), the blocked
                       running-sum form 2·N·M·D + N·M·b + M·b·D with neuron blocks of b

@@ -111,14 +111,6 @@ def thumbnail(image: Image.Image, size: int = THUMB_SIZE) -> Image.Image:
     return image.resize(new, resample)
 
 
-def result_caption(rank: int, score: float, label: str | None, path: str) -> str:
-    """'#1 · 0.873 · cat' on one line, the file name on the next."""
-    head = f"#{rank} · {score:.3f}"
-    if label:
-        head += f" · {label}"
-    return f"{head}\n{Path(path).name}"
-
-
 def kernel_mosaic(kernels, scale: int = 8, columns: int = 16, gap: int = 2) -> np.ndarray:
     """Kernels (K, 3, h, w) as one uint8 RGB image: each kernel min-max normalised on its own and enlarged
     `scale` times (nearest neighbour), laid out `columns` per row on a white background."""

@@ -1,7 +1,8 @@
 """The evaluation report: `summary.md` (tables, mean ± 95% CI over seeds) and PNG plots from results.json.
 
 Confidence intervals are Student-t intervals of the mean over seeds: mean ± t_{0.975, n-1} · s / sqrt(n)
-(s the sample standard deviation); with one seed there is no interval and the table says so ("n=1").
+(s the sample standard deviation, t from `scipy.stats.t`); with one seed there is no interval and a cell
+shows the mean alone. Without scipy the report is still written, without intervals, and says so.
 Tables are per method x label regime at the layer chosen by validation accuracy (the only layer when the
 sweep ran one), with the papers' numbers beside ours where they exist; a layer-by-layer table follows.
 """
@@ -28,76 +29,44 @@ METHOD_ORDER = ("hpca", "swta", "wta", "vae", "sgd", "random")
 # ------------------------------------------------------------------------------------------ statistics
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c if abs(1.0 + aa / c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta function I_x(a, b)."""
-    if x <= 0:
-        return 0.0
-    if x >= 1:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1) / (a + b + 2):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """Student-t cumulative distribution function."""
-    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
-    return 1 - tail if t >= 0 else tail
-
-
 def t_quantile(p: float, df: float) -> float:
-    """Student-t quantile (inverse CDF) by bisection, for 0 < p < 1."""
+    """Student-t quantile (inverse CDF) for 0 < p < 1, from `scipy.stats.t`.
+
+    scipy is imported here, not at module level, so that the rest of the report (and `hebbir evaluate`)
+    still works on a machine without it; `mean_ci` then gives no interval.
+    """
     if not 0 < p < 1 or df <= 0:
         raise UserError(f"t quantile needs 0 < p < 1 and df > 0, got p={p}, df={df}")
-    if p < 0.5:
-        return -t_quantile(1 - p, df)
-    lo, hi = 0.0, 1.0
-    while t_cdf(hi, df) < p:
-        hi *= 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-    return (lo + hi) / 2
+    from scipy.stats import t
+
+    return float(t.ppf(p, df))
+
+
+def have_scipy() -> bool:
+    """Whether scipy (needed for confidence intervals) can be imported here."""
+    try:
+        import scipy.stats  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
-    """(mean, half-width of the Student-t confidence interval); half-width is nan for fewer than 2 values."""
+    """(mean, half-width of the Student-t confidence interval).
+
+    The half-width is nan for fewer than 2 values, and when scipy is not installed (see `have_scipy`; the
+    summary says so in its header).
+    """
     x = np.asarray([v for v in values if v is not None], dtype=np.float64)
     if len(x) == 0:
         return math.nan, math.nan
     if len(x) < 2:
         return float(x.mean()), math.nan
-    half = t_quantile(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
-    return float(x.mean()), float(half)
+    try:
+        q = t_quantile(0.5 + confidence / 2, len(x) - 1)
+    except ImportError:
+        return float(x.mean()), math.nan
+    return float(x.mean()), float(q * x.std(ddof=1) / math.sqrt(len(x)))
 
 
 def format_ci(mean: float, half: float, digits: int = 2, scale: float = 1.0) -> str:
@@ -271,6 +240,9 @@ def write_summary(out: Path, results: dict, pr_regime: float | None = None) -> P
                  f"from {results.get('created', '?')} to {max(r.get('finished', '') for r in runs)}")
     lines.append(f"- device(s): {'; '.join(devices)}")
     lines.append("- settings: " + ", ".join(f"{k}={v}" for k, v in results["settings"].items()))
+    if not have_scipy():
+        lines.append("- confidence intervals: omitted, scipy is not installed here (run `hebbir evaluate "
+                     "--report-only` where it is)")
     for s in sessions:
         lines.append(f"- command ({s.get('started', '?')}, torch {s.get('torch', '?')}): `{s.get('command', '?')}`")
     lines += ["", "Mean ± 95% Student-t confidence interval over seeds (no interval with one seed). "

@@ -38,11 +38,12 @@ def test_layer_two_counts_by_hand():
 def test_fully_connected_layer_hpca_reference_is_the_39_gmac_of_the_design():
     w = flops.layer_work(flops.layer_shapes()[4], batch=64)
     assert w["N"] == 64 and w["unfold_bytes"] == 0
-    assert 4096 * 4096 * 2304 == 38_654_705_664  # tril(YᵀY)·W alone, DESIGN §9 "about 39 GMAC"
+    # tril(YᵀY)·W alone: "about 39 GMAC" in docs/PERFORMANCE.md#8-reference-points
+    assert 4096 * 4096 * 2304 == 38_654_705_664
     assert w["hpca_reference_macs"] == 64 * 4096 * 2304 + 64 * 4096 ** 2 + 4096 ** 2 * 2304
     assert w["hpca_fast_macs"] < w["hpca_reference_macs"] / 10  # the blocked form on this shape
     total = flops.network_work()["totals"]["hpca_reference_step_tflop_per_epoch"]
-    assert 55 < total < 65  # DESIGN §9: about 60 TFLOP per epoch
+    assert 55 < total < 65  # docs/PERFORMANCE.md#8-reference-points: about 60 TFLOP per epoch
 
 
 def _run_bench(*extra: str) -> dict:

@@ -10,7 +10,7 @@ import pytest
 
 from retrieval.cli import build_parser, main
 
-DESIGN_COMMANDS = {"data", "pretrain", "finetune", "index", "search", "evaluate", "quickstart", "app"}
+REQUIRED_COMMANDS = {"data", "pretrain", "finetune", "index", "search", "evaluate", "quickstart", "app"}
 
 
 def _walk(parser: argparse.ArgumentParser, prefix=()):
@@ -23,7 +23,7 @@ def _walk(parser: argparse.ArgumentParser, prefix=()):
 
 def test_all_design_commands_exist():
     top = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert DESIGN_COMMANDS <= set(top.choices)
+    assert REQUIRED_COMMANDS <= set(top.choices)
 
 
 @pytest.mark.parametrize("path", list(_walk(build_parser())), ids=lambda p: " ".join(p) or "hebbir")

@@ -26,6 +26,39 @@ def test_student_t_interval_matches_known_values():
     assert mean == 0.7 and math.isnan(half)
 
 
+# Half-widths computed by the hand-written Student-t quantile (incomplete-beta continued fraction +
+# bisection) that retrieval/report.py used before it switched to scipy.stats.t; the values are seeded
+# uniform draws in [0.2, 0.9] rounded to 4 digits.
+OLD_CI = {
+    2: ([0.6731, 0.35], 0.51155, 2.052687375129016),
+    3: ([0.4166, 0.7596, 0.8971], 0.6911, 0.6147387639178503),
+    5: ([0.2996, 0.2551, 0.3266, 0.4518, 0.3187], 0.33036, 0.09104880044787714),
+    10: ([0.6121, 0.6318, 0.2738, 0.596, 0.2032, 0.5256, 0.8829, 0.7596, 0.6178, 0.4277], 0.55305,
+         0.14776952163017582),
+}
+
+
+@pytest.mark.parametrize("n", sorted(OLD_CI))
+def test_scipy_interval_matches_the_previous_implementation(n):
+    values, old_mean, old_half = OLD_CI[n]
+    assert len(values) == n
+    mean, half = mean_ci(values)
+    assert mean == pytest.approx(old_mean, abs=1e-12)
+    assert abs(half - old_half) < 1e-6
+
+
+def test_report_without_scipy_has_no_intervals(monkeypatch):
+    import sys
+
+    import retrieval.report as report
+
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)
+    assert not report.have_scipy()
+    mean, half = mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and math.isnan(half)
+
+
 class _Counting:
     """Fake training stages that count their calls: real networks, no training (seconds, not minutes)."""
 

@@ -1,4 +1,4 @@
-"""The second architecture, "imagenet10" (DESIGN §3): the reference's 10-layer net on 210x210 images.
+"""The second architecture, "imagenet10" (docs/NETWORKS.md#imagenet10): the reference's 10-layer net on 210x210 images.
 
 Everything here runs on random or tiny data on the CPU: it checks shapes, plumbing and that learning moves the
 weights, not what the network learns.
@@ -19,7 +19,7 @@ from hebb.pretrain import pretrain
 from retrieval.cli import main
 from retrieval.features import FeatureExtractor
 
-# The table of DESIGN §3 / the reference code: output of each feature layer for a 210x210 input.
+# The table of docs/NETWORKS.md#imagenet10 / the reference code: output of each feature layer for a 210x210 input.
 SHAPES = {1: (96, 68, 68), 2: (128, 66, 66), 3: (192, 32, 32), 4: (192, 30, 30), 5: (256, 14, 14),
           6: (256, 12, 12), 7: (384, 5, 5), 8: (512, 3, 3), 9: (4096,)}
 

@@ -1,4 +1,4 @@
-"""DESIGN.md §6 metrics: hand-computed cases, a brute-force definition on random data, chunked ranking."""
+"""docs/EVALUATION.md#metrics: hand-computed cases, a brute-force definition on random data, chunked ranking."""
 
 from __future__ import annotations
 

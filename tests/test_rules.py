@@ -157,7 +157,7 @@ def principal_data(n, d=8, seed=0):
 
 def test_hpca_steps_find_the_principal_directions():
     # With ReLU outputs each direction is covered by a pair of neurons, +v and -v (the nonlinear PCA of
-    # seed 000): 4 neurons learn ±pc1, ±pc2 in order, and reconstruct x from the top-2 subspace.
+    # docs/RULES.md#hpca): 4 neurons learn ±pc1, ±pc2 in order, and reconstruct x from the top-2 subspace.
     x, basis = principal_data(4000)
     w = torch.randn(4, 8) * 0.1
 
