@@ -1,4 +1,4 @@
-"""Baselines on the same network (DESIGN.md §3): SGD from scratch, VAE pre-training, random frozen features.
+"""Baselines on the same network (docs/NETWORKS.md#baselines): SGD from scratch, VAE pre-training, random frozen features.
 
 - `train_from_scratch`: a fresh all-G net fine-tuned on the labelled subset with the fine-tuning recipe.
 - `vae_pretrain`: the trunk (layers 1..5) is the encoder of a β-VAE: a linear map from layer 5's 4096 units

@@ -4,7 +4,7 @@ A dataset in the data directory is an image-folder tree `DATA_DIR/NAME/{train,te
 load of a split decodes every image once (through `hebb.images.load_image`) into a uint8 array cached beside
 it, so that training reads from memory, not from 50,000 JPEG files per epoch.
 
-Splits (DESIGN.md §4): the training split is 80% of each class of the official training images, chosen by a
+Splits (docs/EVALUATION.md#splits): the training split is 80% of each class of the official training images, chosen by a
 seeded shuffle of the sorted paths (40,000 for CIFAR-10), validation is the rest (10,000), test is the official
 test set. Label regime s% keeps s% of each class of the training split, seeded; smaller regimes are subsets of
 larger ones for the same seed.
@@ -299,7 +299,7 @@ def split_indices(labels: torch.Tensor | np.ndarray, split_seed: int = 0,
 
 def load_splits(name: str, data_dir: Path | str | None = None, split_seed: int = 0, size: int = 32
                 ) -> dict[str, ArraySet]:
-    """{'train', 'val', 'test'} of dataset `name` (DESIGN.md §4).
+    """{'train', 'val', 'test'} of dataset `name` (docs/EVALUATION.md#splits).
 
     A dataset without a `test` folder gets a seeded 20% of its images as the test split.
     """

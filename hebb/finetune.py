@@ -1,6 +1,6 @@
 """Supervised reading of the features: end-to-end fine-tuning, a frozen-feature linear probe, accuracy.
 
-Fine-tuning (DESIGN.md §3, the reference recipe as default): the net cut after layer l gets dropout 0.5 + a
+Fine-tuning (docs/NETWORKS.md#fine-tuning, the reference recipe as default): the net cut after layer l gets dropout 0.5 + a
 linear classifier and trains end to end on the labelled images with SGD (Nesterov momentum 0.9), lr 1e-3 for
 the first half of the epochs then halved every epoch, L2 5e-2 (10 classes) or 1e-2 (more), cross-entropy,
 and early stopping: the weights of the epoch with the best validation accuracy are kept. Optional GPU-side
@@ -9,7 +9,7 @@ batches on the device.
 
 A net whose classifier is Hebbian (spec letter H, `hebb.network.HebbianClassifier`) is read instead by
 `train_hebbian_classifier`: the trunk stays as it is and only the classifier learns, with the supervised
-teacher-signal rule (seed 001 §5.1: lr 0.1, one or two epochs).
+teacher-signal rule (docs/RULES.md#teacher-signal: lr 0.1, one or two epochs).
 """
 
 from __future__ import annotations

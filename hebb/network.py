@@ -1,4 +1,4 @@
-"""The networks of DESIGN.md §3 and their Hebbian / backprop / random-frozen variants.
+"""The networks of docs/NETWORKS.md and their Hebbian / backprop / random-frozen variants.
 
 Two architectures (`ARCHITECTURES`): "cifar6", the CIFAR 6-layer net (32x32 input, feature layers 1..5), and
 "imagenet10", the reference's 10-layer ImageNet-size net (210x210 input, feature layers 1..9). A network is
@@ -13,7 +13,7 @@ imagenet10):
 so the hybrid configurations of the 2019 paper's Table 2 ("HHGGGG", "RRGGGG", "GHGGGG", "GGGGGH", ...) are
 buildable. The classifier letter is G (dropout 0.5 + linear, trained by backprop), R (the same, frozen random)
 or H (`HebbianClassifier`: a linear read-out learned with the supervised teacher-signal form of the rule,
-seed 001 §3.3 and §5.1). A network may be *cut* after layer l: the layers above are dropped and a fresh
+docs/RULES.md#teacher-signal). A network may be *cut* after layer l: the layers above are dropped and a fresh
 classifier reads the flattened output of layer l.
 
 The network owns its input pre-processing as buffers (per-channel mean/std and, optionally, ZCA whitening of
@@ -124,7 +124,7 @@ def _parse_spec(arch: ArchPlan, rule: str, spec: str | None) -> str:
 
 
 class HebbianClassifier(nn.Module):
-    """Linear read-out learned by a Hebbian rule with a teacher signal (seed 001 §3.3, §5.1).
+    """Linear read-out learned by a Hebbian rule with a teacher signal (docs/RULES.md#teacher-signal).
 
     Logits are the scalar products of the input with the unit-norm class vectors, x · w_c / ‖w_c‖. Learning
     replaces the neuron outputs by the one-hot teacher signal of the labels (`hebb.rules.teacher_signal`):

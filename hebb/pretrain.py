@@ -1,4 +1,4 @@
-"""Hebbian pre-training (DESIGN.md §3): all Hebbian layers learn in the same forward pass, no labels.
+"""Hebbian pre-training (docs/NETWORKS.md#pre-training): all Hebbian layers learn in the same forward pass, no labels.
 
 Each Hebbian layer computes its update from its own input in that pass (`HebbConv2d.hebbian_learning`),
 stores -ΔW in `.grad`, and one plain SGD step (no momentum, no weight decay) applies W += lr·ΔW to all of

@@ -4,7 +4,7 @@ Every rule maps a batch of inputs x (N, D) and weights w (M, D) to an update dw 
 rate. The fast forms use matrix products only, merge the batch aggregation into them and walk over N in
 chunks, so that no N x M x D tensor is ever built and memory stays bounded for N in the hundreds of thousands.
 
-The optional `y` argument is the supervised variant (seed 001 §3.3): the neuron outputs (HPCA) or the
+The optional `y` argument is the supervised variant (docs/RULES.md#teacher-signal): the neuron outputs (HPCA) or the
 competition coefficients (soft-WTA, WTA) are replaced by a given teacher signal, see `teacher_signal`.
 """
 
@@ -214,7 +214,7 @@ def softhebb_delta(x: torch.Tensor, w: torch.Tensor, inv_temperature: float = 1.
 
 def teacher_signal(labels: torch.Tensor, num_neurons: int, num_classes: int,
                    shared: int | None = None) -> torch.Tensor:
-    """0/1 teacher signal (N, num_neurons) of seed 001 §3.3 for integer class labels (N,).
+    """0/1 teacher signal (N, num_neurons) of docs/RULES.md#teacher-signal for integer class labels (N,).
 
     The neurons are split into num_classes equal groups (class c owns the c-th group, in order) and a
     shared group (the last neurons, on for every sample). shared=None: no shared group when there is one

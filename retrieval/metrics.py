@@ -1,4 +1,4 @@
-"""Retrieval and classification metrics, exactly as DESIGN.md §6 defines them.
+"""Retrieval and classification metrics, exactly as docs/EVALUATION.md#metrics defines them.
 
 A query's ranking is a row of 0/1 relevance flags `ranked_rel` (1 = the i-th result has the query's class);
 `n_relevant` is R_q, the number of relevant items in the database (the query itself excluded when it is in the

@@ -1,7 +1,7 @@
 """Reference figures from the papers, to print beside ours.
 
 Source: Lagani, Gennaro, Fassold, Amato, "FastHebb: Scaling Hebbian Training of Deep Neural Networks to
-ImageNet Level" (`../shared/papers/002_*.txt`), CIFAR-10 column. Mean of 5 runs; the paper gives no
+ImageNet Level" (docs/SOURCES.md), CIFAR-10 column. Mean of 5 runs; the paper gives no
 confidence intervals. Its hardware: Intel Core i7 10700K, 32 GB RAM, NVIDIA GeForce RTX 3060 12 GB,
 PyTorch 1.8.
 
@@ -35,7 +35,19 @@ PAPER_MAP: dict[str, dict[float, float]] = {}
 
 #: Display names of the methods.
 METHOD_NAMES = {"hpca": "HPCA", "swta": "soft-WTA", "wta": "hard WTA", "vae": "VAE", "sgd": "SGD (scratch)",
-                "random": "random frozen"}
+                "random": "random frozen", "softhebb": "SoftHebb"}
+
+#: SoftHebb (Journé et al., ICLR 2023): linear probe on the wide3 net after one unsupervised epoch, trained on
+#: all 50,000 CIFAR-10 training images (ours: the 40,000 of our training split).
+PAPER_ACCURACY["softhebb probe"] = {100: 80.3}
+
+
+def method_name(key: str) -> str:
+    """Display name of a table row: 'softhebb probe' -> 'SoftHebb (probe)', 'sgd@wide3' -> 'SGD (scratch), wide3'."""
+    method, _, readout = key.partition(" ")
+    rule, _, arch = method.partition("@")
+    name = METHOD_NAMES.get(rule, rule) + (f", {arch}" if arch else "")
+    return f"{name} ({readout})" if readout else name
 
 
 def paper_accuracy(method: str, regime: float) -> float | None:

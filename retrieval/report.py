@@ -18,8 +18,8 @@ import numpy as np
 
 from hebb.errors import UserError
 from retrieval.evaluate import load_results
-from retrieval.paper_numbers import (METHOD_NAMES, PAPER_ACCURACY, PAPER_SOURCE, PAPER_TRAINING_TIME,
-                                     paper_accuracy)
+from retrieval.paper_numbers import (PAPER_ACCURACY, PAPER_SOURCE, PAPER_TRAINING_TIME,
+                                     method_name, paper_accuracy)
 
 SUMMARY_FILE = "summary.md"
 MAP_METRICS = ("map@100", "map@R", "map@all")
@@ -90,16 +90,27 @@ def _get(record: dict, metric: str):
     return record["retrieval"].get(metric)
 
 
+def row_key(record: dict) -> str:
+    """The table row of a cell: its method, plus ' probe' for the probe read-out ('softhebb probe')."""
+    readout = record.get("readout", "finetune")
+    return record["method"] if readout == "finetune" else f"{record['method']} {readout}"
+
+
 def _ordered_methods(runs: list[dict]) -> list[str]:
-    present = {r["method"] for r in runs}
-    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))
+    present = {row_key(r) for r in runs}
+
+    def order(key: str):
+        base = key.split(" ")[0].split("@")[0]
+        return (METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER), key)
+
+    return sorted(present, key=order)
 
 
 def group_runs(runs: list[dict]) -> dict[tuple[str, float, int], list[dict]]:
-    """{(method, regime, layer): [records over seeds]}."""
+    """{(row key, regime, layer): [records over seeds]}."""
     groups: dict[tuple[str, float, int], list[dict]] = defaultdict(list)
     for r in runs:
-        groups[(r["method"], float(r["regime"]), int(r["layer"]))].append(r)
+        groups[(row_key(r), float(r["regime"]), int(r["layer"]))].append(r)
     return groups
 
 
@@ -135,11 +146,11 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 def _accuracy_section(groups, chosen, methods, regimes) -> str:
     table = metric_table(groups, chosen, "accuracy")
     header = ["method"] + [f"{r:g}%" for r in regimes]
-    rows = [[METHOD_NAMES.get(m, m)] + [format_ci(*table[m].get(r, (math.nan, math.nan)), scale=100)
+    rows = [[method_name(m)] + [format_ci(*table[m].get(r, (math.nan, math.nan)), scale=100)
                                          for r in regimes] for m in methods]
     for m in methods:
         if m in PAPER_ACCURACY:
-            rows.append([f"*{METHOD_NAMES.get(m, m)} (paper)*"] + [
+            rows.append([f"*{method_name(m)} (paper)*"] + [
                 f"*{v:.2f}*" if (v := paper_accuracy(m, r)) is not None else "–" for r in regimes])
     return _md_table(header, rows)
 
@@ -149,7 +160,7 @@ def _map_section(groups, chosen, methods, regimes) -> str:
     for metric in MAP_METRICS:
         table = metric_table(groups, chosen, metric)
         header = ["method"] + [f"{r:g}%" for r in regimes]
-        rows = [[METHOD_NAMES.get(m, m)] + [format_ci(*table[m].get(r, (math.nan, math.nan)), digits=3)
+        rows = [[method_name(m)] + [format_ci(*table[m].get(r, (math.nan, math.nan)), digits=3)
                                              for r in regimes] for m in methods]
         parts.append(f"**{metric}**\n\n" + _md_table(header, rows))
     return "\n\n".join(parts)
@@ -171,7 +182,7 @@ def _layer_section(groups, methods, regimes) -> str:
                 mp = format_ci(*mean_ci(_get(x, "map@100") for x in recs), digits=3)
                 cells.append(f"{acc} / {mp}")
             if any(c != "–" for c in cells):
-                rows.append([METHOD_NAMES.get(m, m), f"{r:g}%"] + cells)
+                rows.append([method_name(m), f"{r:g}%"] + cells)
     return _md_table(header, rows)
 
 
@@ -190,9 +201,9 @@ def training_times(results: dict, methods) -> dict[str, dict[str, float]]:
     """{method: epoch_s, epochs, total_s (pre-training, mean over seeds), finetune_s (mean over runs)}."""
     out = {}
     for m in methods:
-        pre = [v for k, v in results.get("pretraining", {}).items() if k.split("/")[0] == m]
-        ft = [r["timings"].get("finetune_s") for r in results["runs"].values()
-              if r["method"] == m and r["timings"].get("finetune_s") is not None]
+        pre = [v for k, v in results.get("pretraining", {}).items() if k.split("/")[0] == m.split(" ")[0]]
+        ft = [r["timings"].get("finetune_s") or r["timings"].get("probe_s") for r in results["runs"].values()
+              if row_key(r) == m and (r["timings"].get("finetune_s") or r["timings"].get("probe_s")) is not None]
         out[m] = {"epoch_s": float(np.mean([p.get("epoch_time_s", 0) for p in pre])) if pre else math.nan,
                   "epochs": float(np.mean([p.get("epochs", 0) for p in pre])) if pre else math.nan,
                   "total_s": float(np.mean([p.get("wall_s", p.get("time_s", 0)) for p in pre])) if pre else math.nan,
@@ -208,7 +219,7 @@ def _time_section(results, methods) -> str:
     for m in methods:
         t = times[m]
         p = PAPER_TRAINING_TIME.get(m, {})
-        rows.append([METHOD_NAMES.get(m, m), _fmt_s(t["epoch_s"]),
+        rows.append([method_name(m), _fmt_s(t["epoch_s"]),
                      "–" if math.isnan(t["epochs"]) else f"{t['epochs']:g}", _fmt_s(t["total_s"]),
                      _fmt_s(t["finetune_s"]), _fmt_s(p.get("epoch_s")),
                      f"{p['epochs']:g}" if p else "–", _fmt_s(p.get("total_s"))])
@@ -249,7 +260,7 @@ def write_summary(out: Path, results: dict, pr_regime: float | None = None) -> P
               "Retrieval protocol \"seed\": database = training split, queries = test split, cosine on the "
               "fine-tuned network's features at the layer; mAP@R cuts each query's ranking at its number of "
               "relevant items. The layer of each cell is the one with the best validation accuracy among "
-              "those run: " + ", ".join(f"{METHOD_NAMES.get(m, m)} {r:g}% → {chosen[(m, r)]}"
+              "those run: " + ", ".join(f"{method_name(m)} {r:g}% → {chosen[(m, r)]}"
                                         for m in methods for r in regimes if (m, r) in chosen) + ".", ""]
     lines += ["## Test accuracy (top-1, %)", "",
               f"Paper rows: {PAPER_SOURCE} (mean of 5 runs, no CI given). The SGD row is our in-run "
@@ -293,7 +304,7 @@ def _plot_vs_regime(ax, groups, chosen, methods, regimes, metric, scale=1.0, upp
         if not len(xs):
             continue
         color = f"C{i}"
-        ax.plot(xs, mean * scale, "o-", color=color, label=METHOD_NAMES.get(m, m))
+        ax.plot(xs, mean * scale, "o-", color=color, label=method_name(m))
         # the band is the CI of the mean; clipped to the metric's range, which the mean cannot leave
         ax.fill_between(xs, np.clip(mean - half, 0, upper) * scale, np.clip(mean + half, 0, upper) * scale,
                         color=color, alpha=0.2)
@@ -325,7 +336,7 @@ def write_plots(out: Path, groups, chosen, methods, regimes, results, pr_regime=
         if m in PAPER_ACCURACY:
             xs = sorted(PAPER_ACCURACY[m])
             ax.plot(xs, [PAPER_ACCURACY[m][x] for x in xs], "x--", color=f"C{i}", alpha=0.6,
-                    label=f"{METHOD_NAMES.get(m, m)} (paper)")
+                    label=f"{method_name(m)} (paper)")
     _regime_ticks(ax, sorted(set(regimes) | {float(r) for m in methods for r in PAPER_ACCURACY.get(m, {})}))
     ax.set_ylabel("test accuracy (top-1, %)")
     ax.set_title("Accuracy vs label regime (mean, 95% CI)")
@@ -348,7 +359,7 @@ def write_plots(out: Path, groups, chosen, methods, regimes, results, pr_regime=
         curves = [r["retrieval"]["pr_curve"] for r in groups[(m, regime, chosen[(m, regime)])]]
         recall = curves[0]["recall"]
         prec = np.mean([c["precision"] for c in curves], axis=0)
-        ax.plot(recall, prec, "o-", color=f"C{i}", label=METHOD_NAMES.get(m, m), markersize=3)
+        ax.plot(recall, prec, "o-", color=f"C{i}", label=method_name(m), markersize=3)
     ax.set_xlabel("recall")
     ax.set_ylabel("interpolated precision")
     ax.set_title(f"Precision-recall at {regime:g}% labels (mean over seeds)")
@@ -360,7 +371,7 @@ def write_plots(out: Path, groups, chosen, methods, regimes, results, pr_regime=
 
     times = training_times(results, methods)
     fig, axes = plt.subplots(1, 4, figsize=(17, 4))
-    names = [METHOD_NAMES.get(m, m) for m in methods]
+    names = [method_name(m) for m in methods]
     x = np.arange(len(methods))
     panels = (("epoch_s", "pre-training epoch (s)"), ("epochs", "pre-training epochs"),
               ("total_s", "pre-training total (s)"), ("finetune_s", "fine-tuning per run (s)"))

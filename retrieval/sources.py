@@ -95,7 +95,7 @@ def open_source(spec: str | os.PathLike, data_dir: Path | str | None = None, siz
     glob patterns `exclude` are left out unlisted (see `hebb.images.iter_files`).
 
     A bare dataset name means its training split (`cifar10` = `cifar10:train`, the 40,000 images of
-    DESIGN §4). `size` is the side the dataset cache is decoded at (the network's input size).
+    docs/EVALUATION.md#splits). `size` is the side the dataset cache is decoded at (the network's input size).
     """
     text = str(spec)
     path = Path(text).expanduser()
