@@ -8,6 +8,7 @@ into uint8 pixels and sha256 content hashes, skipping (with a reason) whatever c
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import re
@@ -26,6 +27,8 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 
 _DATASET_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_\-]+)(?::(?P<split>train|val|test))?$")
 _WORKERS = min(8, (os.cpu_count() or 2) * 2)
+#: Folder entries never listed: hidden files and folders (.git, macOS `._*` forks), Synology thumbnails.
+DEFAULT_EXCLUDE = (".*", "@eaDir")
 
 
 @dataclass
@@ -62,16 +65,22 @@ class Chunk:
     known: list[tuple[str, str]] = field(default_factory=list)  # (path, sha256) already in the index
 
 
-def _list_folder(root: Path) -> tuple[list[str], list[str | None], list[dict]]:
+def _excluded(rel: Path, patterns) -> bool:
+    """Whether a folder entry matches a pattern, by its name or its path relative to the listed folder."""
+    return any(fnmatch.fnmatch(rel.name, p) or fnmatch.fnmatch(rel.as_posix(), p) for p in patterns)
+
+
+def _list_folder(root: Path, exclude=()) -> tuple[list[str], list[str | None], list[dict]]:
     paths: list[str] = []
     labels: list[str | None] = []
     skipped: list[dict] = []
+    patterns = (*DEFAULT_EXCLUDE, *(exclude or ()))
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel_dir = Path(dirpath).relative_to(root)
+        dirnames[:] = sorted(d for d in dirnames if not _excluded(rel_dir / d, patterns))
         label = rel_dir.parts[0] if rel_dir.parts else None
         for name in sorted(filenames):
-            if name.startswith("."):
+            if _excluded(rel_dir / name, patterns):
                 continue
             full = str((Path(dirpath) / name).resolve())
             if name.lower().endswith(IMAGE_EXTENSIONS):
@@ -83,16 +92,19 @@ def _list_folder(root: Path) -> tuple[list[str], list[str | None], list[dict]]:
     return [paths[i] for i in order], [labels[i] for i in order], skipped
 
 
-def open_source(spec: str | os.PathLike, data_dir: Path | str | None = None, size: int = 32) -> ImageSource:
+def open_source(spec: str | os.PathLike, data_dir: Path | str | None = None, size: int = 32,
+                exclude=None) -> ImageSource:
     """List the images of `spec`: an existing folder, or `NAME[:train|val|test]` of the data directory.
 
     A bare dataset name means its training split (`cifar10` = `cifar10:train`, the 40,000 images of
-    DESIGN §4). `size` is the side the dataset cache is decoded at (the network's input size).
+    the training split). `size` is the side the dataset cache is decoded at (the network's input size). `exclude`:
+    glob patterns of folder entries to leave out, matched against the name and the path relative to the
+    folder (`DEFAULT_EXCLUDE` always applies).
     """
     text = str(spec)
     path = Path(text).expanduser()
     if path.is_dir():
-        paths, labels, skipped = _list_folder(path)
+        paths, labels, skipped = _list_folder(path, exclude)
         if not paths:
             raise UserError(f"{path}: no image files found ({', '.join(IMAGE_EXTENSIONS)})")
         return ImageSource(str(path.resolve()), "folder", paths, labels, None, skipped)
