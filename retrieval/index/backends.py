@@ -92,7 +92,10 @@ def read_faiss_index(index_dir: Path, manifest: Manifest):
     with reading(path, repair_hint(index_dir)):
         if path.stat().st_size == 0:
             raise ValueError("empty file")
-        index = faiss.read_index(str(path))
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError:
+            raise ValueError("truncated, or not a FAISS index") from None  # faiss says where in its C++ code
     if index.ntotal != manifest.item_count or index.d != manifest.dimension:
         raise UserError(f"{path}: damaged index file ({index.ntotal} vectors of {index.d} floats, the manifest "
                         f"says {manifest.item_count} of {manifest.dimension}); {repair_hint(index_dir)}")

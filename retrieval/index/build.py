@@ -107,7 +107,6 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
            "chunk_size": chunk_size, "fit_samples": fit_samples, "format_version": FORMAT_VERSION}
     prepare_workdir(work, key)
     fit_s, _ = fit_projection(ext, source, work, fit_samples, progress)
-    pause_at("extract")
     chunks, spent, processed = extract_chunks(source, ext, work, set(), chunk_size, progress)
     vectors, positions, hashes, skipped, duplicates = collect(chunks, source, {})
     if len(vectors) == 0:
@@ -201,7 +200,6 @@ def add_to_index(index_dir, images, device="auto", progress: bool = True, data_d
            "item_count": manifest.item_count, "created": manifest.created, "updated": manifest.updated,
            "chunk_size": chunk_size}
     prepare_workdir(work, key)
-    pause_at("extract")
     chunks, spent, processed = extract_chunks(source, ext, work, set(known), chunk_size, progress)
     vectors, positions, hashes, skipped, duplicates = collect(chunks, source, {h: str(i) for h, i in known.items()})
     skipped = source.skipped + skipped

@@ -146,7 +146,6 @@ def recover(out: Path | str) -> None:
 
 def swap_in(tmp: Path, out: Path) -> None:
     """Put the finished folder `tmp` at `out`, replacing what was there."""
-    pause_at("swap")
     backup = backup_path(out)
     if backup.exists():
         shutil.rmtree(backup)

@@ -102,7 +102,7 @@ class Manifest:
         for name, kind in checks:
             value = getattr(self, name)
             if not isinstance(value, kind) or isinstance(value, bool):
-                raise ManifestError(f"field {name} should be a {kind.__name__}, not {type(value).__name__}")
+                raise ManifestError(f"field {name} should be of type {kind.__name__}, not {type(value).__name__}")
         if self.dimension <= 0 or self.item_count < 0:
             raise ManifestError(f"dimension {self.dimension} / item_count {self.item_count} out of range")
         check_plain_name(self.model_file)

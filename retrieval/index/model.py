@@ -96,7 +96,11 @@ def index_extractor(index_dir, manifest: Manifest, device, model=None, batch_siz
     model_path = index_dir / manifest.model_file
     if not model_path.is_file():
         raise UserError(f"{model_path}: the index's model copy is missing; {REBUILD}")
-    net, meta, checksum = load_model(model_path, device)
+    try:
+        net, meta, checksum = load_model(model_path, device)
+    except UserError as exc:
+        why = str(exc).removeprefix(f"{model_path}: ").split(";")[0]
+        raise UserError(f"{model_path}: the index's model copy is damaged: {why}; {REBUILD}") from None
     check_model(manifest, checksum, architecture_of(net, meta), where=f"{model_path}: ")
     if model is not None:
         from hebb.checkpoint import file_checksum
