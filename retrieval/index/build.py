@@ -15,9 +15,9 @@ from typing import Sequence
 
 import numpy as np
 
+import retrieval.index.backends as backends
 from hebb.errors import UserError
 from retrieval.features import FIT_SAMPLES, FeatureExtractor, describe
-import retrieval.index.backends as backends
 from retrieval.index.backends import FAISS_MISSING, load_vectors, make_faiss_index, new_faiss_index, require_faiss
 from retrieval.index.directory import (FAISS_FILE, ITEMS_FILE, MANIFEST_FILE, OWNER_FILE, PROJECTION_FILE,
                                        VECTORS_FILE, clean_stale_tmp, finish_tmp_dir, is_replaceable,
@@ -51,6 +51,8 @@ def _copy_model(model: Path, dest_dir: Path) -> str:
 
 def check_out_dir(out: Path, force: bool) -> None:
     """Refuse an `--out` that is a file, an existing index without `force`, or a folder that is not an index."""
+    if out.is_symlink():
+        raise UserError(f"{out}: a symbolic link; give the folder it points to as --out, or another --out")
     if out.is_file() or (out.exists() and not out.is_dir()):
         raise UserError(f"{out}: a file is in the way (an index is a folder); choose another --out")
     if not out.exists():
