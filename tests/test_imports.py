@@ -84,6 +84,7 @@ def test_every_index_module_imports_on_its_own_in_any_order():
     names = sorted(n for n in MODULES if n.startswith("retrieval.index") or n == "retrieval.search")
     for order in (names, names[::-1]):
         code = "import importlib\nfor m in %r: importlib.import_module(m)\n" % order
-        code += "from retrieval.index import build_index, open_index, Manifest\nfrom retrieval.search import open_index\n"
+        code += "from retrieval.index import build_index, open_index, Manifest, sync_index\n"
+        code += "from retrieval.search import open_index\n"
         r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr

@@ -31,13 +31,14 @@ def test_an_old_format_1_manifest_loads_and_round_trips():
     assert "created" in m and "extra" not in m
     back = m.to_dict()
     assert {k: v for k, v in back.items() if k in OLD_V1} == OLD_V1
-    assert set(back) - set(OLD_V1) == {"fit_time_s"}
+    assert set(back) - set(OLD_V1) == {"fit_time_s", "deleted_rows"}
     assert Manifest.from_dict(json.loads(m.to_json())) == m
 
 
 @pytest.mark.parametrize("data, message", [
     ([], "not a hebbir manifest"),
-    ({**OLD_V1, "format_version": 2}, "format 2 is not supported"),
+    ({**OLD_V1, "format_version": 3}, "format 3 is not supported"),
+    ({**OLD_V1, "deleted_rows": 4}, "needs format 2"),
     ({k: v for k, v in OLD_V1.items() if k != "features"}, "missing features"),
     ({**OLD_V1, "item_count": "64"}, "item_count"),
     ({**OLD_V1, "model_file": "../../elsewhere.pt"}, "plain file name"),

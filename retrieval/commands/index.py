@@ -1,4 +1,4 @@
-"""`hebbir index build|add|info|repair`: build index directories, add images to them, describe and repair them."""
+"""`hebbir index build|add|sync|info|repair`: build indexes, add images, follow a folder, describe, repair."""
 
 from __future__ import annotations
 
@@ -67,6 +67,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--index", required=True, type=Path, help="index directory")
     i.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     i.set_defaults(func=_info)
+
+    y = isub.add_parser(
+        "sync", help="bring an index up to date with a folder that changed",
+        description="Re-scan an image folder: items of files that are gone or changed leave the index, new and "
+                    "changed files are embedded with the index's own model, moved files keep their item. Ids of "
+                    "the other items stay the same. Items added from other folders are left alone.")
+    y.add_argument("--index", required=True, type=Path, help="index directory")
+    y.add_argument("--images", required=True, type=Path, help="the image folder to follow")
+    y.add_argument("--dry-run", action="store_true", help="only say what would change")
+    y.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
+    y.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_exclude(y)
+    add_device(y)
+    y.set_defaults(func=_sync)
 
     r = isub.add_parser("repair", help="rewrite a damaged index.faiss from vectors.npy",
                         description="Rewrite an index's FAISS file from its vectors (vectors.npy), atomically. "
@@ -153,6 +167,28 @@ def _info(args: argparse.Namespace) -> int:
     print("\n".join(lines))
     for s in m.skipped[:5]:
         print(f"  {s['path']}: {s['reason']}")
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from retrieval.index import sync_index
+
+    try:
+        r = sync_index(args.index, args.images, device=args.device, progress=not args.quiet,
+                       batch_size=args.batch_size, exclude=args.exclude, dry_run=args.dry_run)
+    except KeyboardInterrupt:
+        return _interrupted("sync")
+    verb = "would " if args.dry_run else ""
+    for what, paths in (("remove", r["removed"]), ("add", r["added"])):
+        for path in paths[:10]:
+            print(f"{verb}{what} {path}")
+        if len(paths) > 10:
+            print(f"  ... and {len(paths) - 10} more to {what}")
+    if r["skipped"]:
+        print(f"skipped {len(r['skipped'])} file(s)" + (" (listed in manifest.json)" if not args.dry_run else ""))
+    print(f"{args.index}: {verb}remove {len(r['removed']):,}, {verb}add {len(r['added']):,}, {verb}move "
+          f"{len(r['moved']):,}; it {'would hold' if args.dry_run else 'now holds'} "
+          f"{r['kept'] + len(r['added']):,} items")
     return 0
 
 

@@ -7,7 +7,9 @@ Modules, each with one job (none imports this package's `__init__`, so any of th
   - `model`: checkpoints, model checks, the index's feature extractor;
   - `extract`: checkpointed feature extraction (resumable builds);
   - `build`: `build_index`, `add_to_index`, `repair_index`;
-  - `handle`: `open_index(path) -> IndexHandle` and `check_index`.
+  - `sync`: `sync_index`, an index brought up to date with a folder that changed;
+  - `handle`: `open_index(path) -> IndexHandle` and `check_index`;
+  - `duplicates`: `find_duplicates`, groups of identical and nearly identical images.
 The names below are the public API the command line, the page and the evaluation use. They load on first
 use, so that importing a light module (`manifest`, `directory`) does not pull in torch and the network.
 """
@@ -24,9 +26,11 @@ _EXPORTS = {
     "directory": ["FAISS_FILE", "ITEMS_FILE", "MANIFEST_FILE", "PROJECTION_FILE", "VECTORS_FILE",
                   "clean_stale_tmp", "is_index_dir", "read_manifest", "recover"],
     "handle": ["Hit", "IndexHandle", "check_index", "open_index"],
+    "duplicates": ["find_duplicates"],
     "manifest": ["FORMAT_VERSION", "METRIC", "Manifest", "ManifestError"],
     "model": ["DEFAULT_LAYER", "architecture_of", "check_model", "default_layer", "index_extractor", "load_model",
               "resolve_device"],
+    "sync": ["sync_index"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)
@@ -52,7 +56,9 @@ if TYPE_CHECKING:
     from retrieval.index.build import CHUNK_SIZE, add_to_index, build_index, repair_index
     from retrieval.index.directory import (FAISS_FILE, ITEMS_FILE, MANIFEST_FILE, PROJECTION_FILE, VECTORS_FILE,
                                            clean_stale_tmp, is_index_dir, read_manifest, recover)
+    from retrieval.index.duplicates import find_duplicates
     from retrieval.index.handle import Hit, IndexHandle, check_index, open_index
     from retrieval.index.manifest import FORMAT_VERSION, METRIC, Manifest, ManifestError
     from retrieval.index.model import (DEFAULT_LAYER, architecture_of, check_model, default_layer,
                                        index_extractor, load_model, resolve_device)
+    from retrieval.index.sync import sync_index

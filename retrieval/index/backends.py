@@ -96,9 +96,9 @@ def read_faiss_index(index_dir: Path, manifest: Manifest):
             index = faiss.read_index(str(path))
         except RuntimeError:
             raise ValueError("truncated, or not a FAISS index") from None  # faiss says where in its C++ code
-    if index.ntotal != manifest.item_count or index.d != manifest.dimension:
+    if index.ntotal != manifest.rows or index.d != manifest.dimension:
         raise UserError(f"{path}: damaged index file ({index.ntotal} vectors of {index.d} floats, the manifest "
-                        f"says {manifest.item_count} of {manifest.dimension}); {repair_hint(index_dir)}")
+                        f"says {manifest.rows} of {manifest.dimension}); {repair_hint(index_dir)}")
     return index
 
 
@@ -107,7 +107,7 @@ def load_vectors(index_dir: Path, manifest: Manifest, mmap: bool = True) -> np.n
     path = index_dir / VECTORS_FILE
     with reading(path):
         vectors = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    expected = (manifest.item_count, manifest.dimension)
+    expected = (manifest.rows, manifest.dimension)
     if vectors.dtype != np.float32 or vectors.shape != expected:
         raise UserError(f"{path}: damaged index file ({vectors.dtype} {vectors.shape}, the manifest says float32 "
                         f"{expected}); rebuild the index with: hebbir index build --force")

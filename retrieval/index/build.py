@@ -32,7 +32,7 @@ from retrieval.sources import ImageSource, open_source
 CHUNK_SIZE = 2048
 
 
-def _now() -> str:
+def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -40,13 +40,23 @@ def _rate(images: int, seconds: float) -> float | None:
     return round(images / seconds, 1) if seconds > 0 and images else None
 
 
-def _copy_model(model: Path, dest_dir: Path) -> str:
+def copy_model(model: Path, dest_dir: Path) -> str:
+    """Put the checkpoint `model` into `dest_dir` as model.<ext>; return that name."""
     name = "model" + "".join(model.suffixes[-1:])
     try:
         os.link(model, dest_dir / name)  # the copy is never written to; a hard link costs no space
     except OSError:
         shutil.copy2(model, dest_dir / name)
     return name
+
+
+def copy_index_files(index_dir: Path, manifest: Manifest, dest: Path, rewritten: Sequence[str]) -> None:
+    """Copy the files of `index_dir` into `dest`, except the manifest and the `rewritten` ones."""
+    for f in index_dir.iterdir():
+        if f.name == manifest.model_file:
+            copy_model(f, dest)
+        elif f.is_file() and f.name not in (*rewritten, MANIFEST_FILE, OWNER_FILE):
+            shutil.copy2(f, dest / f.name)
 
 
 def check_out_dir(out: Path, force: bool) -> None:
@@ -129,7 +139,7 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
                                        for i, (p, h) in enumerate(zip(positions, hashes))))
         if ext.state is not None:
             save_npz(tmp / PROJECTION_FILE, **ext.state_arrays())
-        model_file = _copy_model(model, tmp)
+        model_file = copy_model(model, tmp)
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             model_file=model_file,
@@ -150,7 +160,7 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
             source=source.spec,
             item_count=int(len(vectors)),
             files_seen=len(source) + len(source.skipped),
-            created=_now(),
+            created=utc_now(),
             updated=None,
             build_time_s=round(time.perf_counter() - t_start, 2),
             fit_time_s=round(fit_s, 2),
@@ -193,7 +203,7 @@ def add_to_index(index_dir, images, device="auto", progress: bool = True, data_d
     source = _open_images(images, data_dir, ext, exclude)
     with reading(index_dir / ITEMS_FILE), ItemStore(index_dir / ITEMS_FILE) as store:
         known = store.known_hashes()
-        next_id = store.next_id()
+    next_id = manifest.rows  # ids are row numbers; a synced index has rows of deleted items too
     if len(known) != manifest.item_count:
         raise UserError(f"{index_dir / ITEMS_FILE}: damaged index file ({len(known)} items, the manifest says "
                         f"{manifest.item_count}); rebuild the index with: hebbir index build --force")
@@ -208,11 +218,7 @@ def add_to_index(index_dir, images, device="auto", progress: bool = True, data_d
     if len(vectors):
         tmp = new_tmp_dir(index_dir, "adding")
         try:
-            for f in index_dir.iterdir():
-                if f.name == manifest.model_file:
-                    _copy_model(f, tmp)
-                elif f.is_file() and f.name not in (VECTORS_FILE, FAISS_FILE, MANIFEST_FILE, OWNER_FILE):
-                    shutil.copy2(f, tmp / f.name)
+            copy_index_files(index_dir, manifest, tmp, (VECTORS_FILE, FAISS_FILE))
             np.save(tmp / VECTORS_FILE, np.concatenate([old, vectors]))
             pause_at("write")
             if faiss_index is not None:
@@ -221,10 +227,10 @@ def add_to_index(index_dir, images, device="auto", progress: bool = True, data_d
             write_items(tmp / ITEMS_FILE, ((next_id + i, source.paths[p], source.labels[p], h)
                                            for i, (p, h) in enumerate(zip(positions, hashes))))
             manifest.item_count = int(manifest.item_count + len(vectors))
-            manifest.updated = _now()
+            manifest.updated = utc_now()
             manifest.skipped = manifest.skipped + skipped
             manifest.duplicates = manifest.duplicates + duplicates
-            manifest.additions.append({"source": source.spec, "added": int(len(vectors)), "time": _now(),
+            manifest.additions.append({"source": source.spec, "added": int(len(vectors)), "time": utc_now(),
                                        "seconds": round(time.perf_counter() - t_start, 2)})
             write_manifest(tmp, manifest)
             finish_tmp_dir(tmp)
@@ -250,11 +256,7 @@ def repair_index(index_dir) -> Manifest:
     faiss = require_faiss("to write index.faiss")
     tmp = new_tmp_dir(index_dir, "repairing")
     try:
-        for f in index_dir.iterdir():
-            if f.name == manifest.model_file:
-                _copy_model(f, tmp)
-            elif f.is_file() and f.name not in (FAISS_FILE, MANIFEST_FILE, OWNER_FILE):
-                shutil.copy2(f, tmp / f.name)
+        copy_index_files(index_dir, manifest, tmp, (FAISS_FILE,))
         faiss.write_index(make_faiss_index(vectors, manifest.factory), str(tmp / FAISS_FILE))
         manifest.has_faiss_file = True
         manifest.faiss_version = getattr(faiss, "__version__", None)

@@ -50,7 +50,7 @@ class IndexHandle:
         self.backend = backend
 
     def __len__(self) -> int:
-        return len(self.backend)
+        return self.manifest.item_count
 
     def __enter__(self) -> "IndexHandle":
         return self
@@ -90,15 +90,18 @@ class IndexHandle:
             raise UserError(f"query vectors must be (Q, {self.dim}), got {x.shape}")
         if k <= 0:
             raise UserError(f"k must be positive, got {k}")
-        scores, ids = self.backend.search(x, k)
+        # The zero rows of deleted items (a synced index) may come up: ask for that many more, drop them.
+        scores, ids = self.backend.search(x, k + self.manifest.deleted_rows)
         found = self.items.get_many(np.unique(ids[ids >= 0]).tolist())
         results = []
         for row_scores, row_ids in zip(scores, ids):
             hits = []
             for score, item_id in zip(row_scores.tolist(), row_ids.tolist()):
-                if item_id < 0:
-                    continue  # an approximate index found fewer than k candidates
-                it = found[item_id]
+                it = found.get(item_id)
+                if it is None:
+                    continue  # a deleted row, or -1: an approximate index found fewer candidates
+                if len(hits) == k:
+                    break
                 hits.append(Hit(len(hits) + 1, item_id, it.path, it.label, float(score)))
             results.append(hits)
         return results
@@ -111,7 +114,7 @@ class IndexHandle:
         return Hit(0, it.id, it.path, it.label, math.nan)
 
     def vectors(self) -> np.ndarray:
-        """All item vectors (N, d) float32, memory-mapped."""
+        """All item vectors (N, d) float32, memory-mapped; row = item id (zero rows for deleted items)."""
         return load_vectors(self.path, self.manifest)
 
 

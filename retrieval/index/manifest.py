@@ -1,8 +1,11 @@
 """The manifest of an index directory (`manifest.json`) as a typed object.
 
 Format version 1 is the flat JSON object hebbir has always written; `Manifest.from_dict` reads it and checks
-the keys a search needs, `Manifest.to_dict` writes it back the same way. Keys this version does not know (for
-example the quickstart's `quickstart_limit`) are kept in `extra` and written back unchanged.
+the keys a search needs, `Manifest.to_dict` writes it back the same way. Format 2 is the same object for an
+index whose ids have holes: `hebbir index sync` removed items, and `vectors.npy` / `index.faiss` keep a zero
+row for each (`deleted_rows`), so that every other id stays its row number; only a sync writes format 2.
+Keys this version does not know (for example the quickstart's `quickstart_limit`) are kept in `extra` and
+written back unchanged.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT_VERSION = 1
+#: An index with deleted rows (see the module docstring).
+HOLES_VERSION = 2
 #: Versions this hebbir reads.
-SUPPORTED_VERSIONS = (1,)
+SUPPORTED_VERSIONS = (1, 2)
 METRIC = "inner_product"
 
 
@@ -54,6 +59,7 @@ class Manifest:
     skipped: list = field(default_factory=list)
     duplicates: list = field(default_factory=list)
     additions: list = field(default_factory=list)
+    deleted_rows: int = 0
     extra: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -94,17 +100,25 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+    @property
+    def rows(self) -> int:
+        """Rows of vectors.npy and index.faiss: the items plus the zero rows of deleted ones."""
+        return self.item_count + self.deleted_rows
+
     def validate(self) -> None:
         """Check the types of the fields a search relies on, and that `model_file` stays inside the index."""
         checks = [("model_file", str), ("model_checksum", str), ("architecture", str), ("features", dict),
                   ("dimension", int), ("item_count", int), ("skipped", list), ("duplicates", list),
-                  ("additions", list), ("model_meta", dict)]
+                  ("additions", list), ("model_meta", dict), ("deleted_rows", int)]
         for name, kind in checks:
             value = getattr(self, name)
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ManifestError(f"field {name} should be of type {kind.__name__}, not {type(value).__name__}")
-        if self.dimension <= 0 or self.item_count < 0:
-            raise ManifestError(f"dimension {self.dimension} / item_count {self.item_count} out of range")
+        if self.dimension <= 0 or self.item_count < 0 or self.deleted_rows < 0:
+            raise ManifestError(f"dimension {self.dimension} / item_count {self.item_count} / deleted_rows "
+                                f"{self.deleted_rows} out of range")
+        if self.deleted_rows and self.format_version < HOLES_VERSION:
+            raise ManifestError(f"deleted_rows needs format {HOLES_VERSION}, the manifest says {self.format_version}")
         check_plain_name(self.model_file)
 
     # ------------------------------------------------------------------ dict-style reading
