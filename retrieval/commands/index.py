@@ -63,11 +63,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_dir(a)
     a.set_defaults(func=_add)
 
-    i = isub.add_parser("info", help="describe an index", description="Describe an index directory.")
-    i.add_argument("--index", required=True, type=Path, help="index directory")
-    i.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
-    i.set_defaults(func=_info)
-
     y = isub.add_parser(
         "sync", help="bring an index up to date with a folder that changed",
         description="Re-scan an image folder: items of files that are gone or changed leave the index, new and "
@@ -81,6 +76,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_exclude(y)
     add_device(y)
     y.set_defaults(func=_sync)
+
+    i = isub.add_parser("info", help="describe an index",
+                        description="Describe an index directory, once each of its files has been checked "
+                                    "against the manifest (a damaged one is named, with what to do).")
+    i.add_argument("--index", required=True, type=Path, help="index directory")
+    i.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    i.set_defaults(func=_info)
 
     r = isub.add_parser("repair", help="rewrite a damaged index.faiss from vectors.npy",
                         description="Rewrite an index's FAISS file from its vectors (vectors.npy), atomically. "

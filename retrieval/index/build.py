@@ -111,7 +111,10 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
     source = _open_images(images, data_dir, ext, exclude)
     if factory != "Flat":
         new_faiss_index(factory, ext.dim, len(source))  # a bad factory string fails now, not after extraction
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out.parent}: cannot create the folder for --out ({exc.strerror or exc})") from None
     clean_stale_tmp(out)
     work = partial_path(out)
     key = {"listing": listing_digest(source), "model_checksum": checksum, "features": ext.config(),

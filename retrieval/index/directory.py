@@ -124,6 +124,8 @@ def reading(path: Path, remedy: str = REBUILD) -> Iterator[None]:
         raise
     except FileNotFoundError:
         raise UserError(f"{path}: missing from the index; {remedy}") from None
+    except PermissionError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except READ_ERRORS as exc:
         lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
         why = (lines[-1] if lines else type(exc).__name__)[:160]
