@@ -76,9 +76,11 @@ def test_force_never_deletes_a_folder_that_is_not_an_index(tiny_model, small_fol
 
 def test_force_replaces_an_index_a_damaged_index_and_an_empty_folder(tiny_model, small_folder, idx, tmp_path):
     (idx / "manifest.json").write_text("[]")  # damaged, but every file is an index file
-    for out in (idx, tmp_path / "empty"):
-        out.mkdir(exist_ok=True)
-        m = build_index(tiny_model, small_folder, out, device="cpu", progress=False, force=True, **FAST)
+    with pytest.raises(UserError, match="a damaged index already exists there; use --force"):
+        build_index(tiny_model, small_folder, idx, device="cpu", progress=False, **FAST)
+    (tmp_path / "empty").mkdir()
+    for out, force in ((idx, True), (tmp_path / "empty", False)):  # an empty folder holds nothing to lose
+        m = build_index(tiny_model, small_folder, out, device="cpu", progress=False, force=force, **FAST)
         assert m["item_count"] == 20 and read_manifest(out)["item_count"] == 20
 
 

@@ -65,13 +65,18 @@ def check_out_dir(out: Path, force: bool) -> None:
         raise UserError(f"{out}: a symbolic link; give the folder it points to as --out, or another --out")
     if out.is_file() or (out.exists() and not out.is_dir()):
         raise UserError(f"{out}: a file is in the way (an index is a folder); choose another --out")
-    if not out.exists():
-        return
+    if not out.exists() or not any(out.iterdir()):
+        return  # an empty folder holds nothing to lose
     if not is_replaceable(out):
         raise UserError(f"{out}: a folder that is not a hebbir index; refusing to replace it, even with --force "
                         f"(choose another --out, or remove it yourself)")
     if not force:
-        raise UserError(f"{out}: an index already exists there; use --force to replace it "
+        try:
+            read_manifest(out)
+            what = "an index"
+        except UserError:
+            what = "a damaged index"
+        raise UserError(f"{out}: {what} already exists there; use --force to replace it "
                         f"(or hebbir index add to add images)")
 
 

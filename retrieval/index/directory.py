@@ -71,7 +71,7 @@ def is_index_dir(path: Path | str) -> bool:
 
 
 def is_replaceable(path: Path) -> bool:
-    """Whether `build --force` may delete the folder `path`: an empty folder, a folder with a hebbir
+    """Whether `build --force` may replace the folder `path`: an empty folder, a folder with a hebbir
     manifest, or one holding only index file names (a damaged index). Anything else may be someone's photos."""
     if not path.is_dir() or path.is_symlink():
         return False
