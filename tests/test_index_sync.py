@@ -38,6 +38,7 @@ def test_sync_after_delete_modify_add_equals_a_fresh_build(tiny_model, cifar_spl
     (folder / "new").mkdir()
     for s in spare[2:5]:
         shutil.copy(s, folder / "new" / s.name)  # added
+    shutil.copy(files[10], folder / "new" / "copy.jpg")  # same bytes as an indexed file: not indexed twice
     moved = files[5].with_name("renamed.jpg")
     files[5].rename(moved)
 
@@ -59,6 +60,7 @@ def test_sync_after_delete_modify_add_equals_a_fresh_build(tiny_model, cifar_spl
     assert all(ids_after[p] == ids_before[p] for p in untouched)  # ids stay stable
     assert ids_after[str(moved.resolve())] == ids_before[str(files[5].resolve())]
     m = read_manifest(idx)
+    assert m.duplicates == read_manifest(fresh).duplicates and len(m.duplicates) == 1
     assert m.format_version == 2 and m.deleted_rows == 5 and m.rows == 25
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".idx.")]
 

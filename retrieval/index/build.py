@@ -126,7 +126,7 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
            "requested": {"pooling": pooling, "projection": projection, "dim": dim},
            "chunk_size": chunk_size, "fit_samples": fit_samples, "format_version": FORMAT_VERSION}
     prepare_workdir(work, key)
-    fit_s, _ = fit_projection(ext, source, work, fit_samples, progress)
+    fit_s = fit_projection(ext, source, work, fit_samples, progress)
     chunks, spent, processed = extract_chunks(source, ext, work, set(), chunk_size, progress)
     vectors, positions, hashes, skipped, duplicates = collect(chunks, source, {})
     if len(vectors) == 0:

@@ -49,19 +49,19 @@ def prepare_workdir(work: Path, key: dict) -> None:
 
 
 def fit_projection(ext: FeatureExtractor, source: ImageSource, work: Path | None,
-                   fit_samples: int = FIT_SAMPLES, progress: bool = False) -> tuple[float, int]:
+                   fit_samples: int = FIT_SAMPLES, progress: bool = False) -> float:
     """Fit the extractor's projection on a seeded sample of `source` (or reload the fit saved in `work`).
 
-    Returns (seconds spent, images passed through the network) by this run.
+    Returns the seconds this run spent on it.
     """
     if not ext.needs_fit:
-        return 0.0, 0
+        return 0.0
     proj_file = work / PROJECTION_FILE if work else None
     if proj_file is not None and proj_file.is_file():
         try:
             with np.load(proj_file) as z:
                 ext.state = {k: torch.from_numpy(z[k]).to(ext.device) for k in z.files}
-            return 0.0, 0
+            return 0.0
         except (OSError, ValueError, EOFError):
             proj_file.unlink(missing_ok=True)  # a half-written checkpoint of a killed run: fit again
     t0 = time.perf_counter()
@@ -76,7 +76,7 @@ def fit_projection(ext: FeatureExtractor, source: ImageSource, work: Path | None
         ext.progress = False
     if proj_file is not None:
         save_npz(proj_file, **ext.state_arrays())
-    return time.perf_counter() - t0, len(images)
+    return time.perf_counter() - t0
 
 
 def _load_chunk(f: Path) -> dict | None:

@@ -94,7 +94,7 @@ class Manifest:
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        data.update(self.extra)
+        data.update({k: v for k, v in self.extra.items() if k not in data})  # a field always wins
         return data
 
     def to_json(self) -> str:

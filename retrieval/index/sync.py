@@ -49,6 +49,10 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def _elsewhere(entries: list, root: str) -> list:
+    return [e for e in entries if not (isinstance(e, dict) and _inside(str(e.get("path", "")), root))]
+
+
 def sync_index(index_dir, images, device="auto", progress: bool = True, batch_size: int = 256,
                exclude: Sequence[str] | None = None, dry_run: bool = False, chunk_size: int = CHUNK_SIZE) -> dict:
     """Make the items of `index_dir` that lie under the folder `images` match the folder now (see the module
@@ -69,20 +73,25 @@ def sync_index(index_dir, images, device="auto", progress: bool = True, batch_si
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
         digests = list(pool.map(_sha256, source.paths))
     target: dict[str, int] = {}  # content -> position of its first file in the listing
+    unreadable = []
     for pos, digest in enumerate(digests):
-        if digest is not None:
+        if digest is None:
+            unreadable.append({"path": source.paths[pos], "reason": "cannot read"})
+        else:
             target.setdefault(digest, pos)
+    duplicates = [{"path": source.paths[pos], "same_as": source.paths[target[d]]}
+                  for pos, d in enumerate(digests) if d is not None and target[d] != pos]
     removed = [it for it in items if _inside(it.path, root) and it.sha256 not in target]
     new_positions = sorted(pos for digest, pos in target.items() if digest not in by_hash)
     moves = {}  # item id -> (new path, new label)
     for digest, pos in target.items():
-        it = by_hash.get(digest)
-        if it is not None and _inside(it.path, root) and (it.path, it.label) != (source.paths[pos], source.labels[pos]):
-            moves[it.id] = (source.paths[pos], source.labels[pos])
+        it, now = by_hash.get(digest), (source.paths[pos], source.labels[pos])
+        if it is not None and _inside(it.path, root) and (it.path, it.label) != now:
+            moves[it.id] = now
     by_id = {it.id: it for it in items}
     report = {"removed": [it.path for it in removed], "added": [source.paths[p] for p in new_positions],
               "moved": [(by_id[i].path, path) for i, (path, _) in moves.items()],
-              "kept": len(items) - len(removed), "skipped": list(source.skipped), "manifest": manifest}
+              "kept": len(items) - len(removed), "skipped": source.skipped + unreadable, "manifest": manifest}
     if dry_run or not (removed or new_positions or moves):
         return report
 
@@ -119,8 +128,9 @@ def sync_index(index_dir, images, device="auto", progress: bool = True, batch_si
         if manifest.deleted_rows:
             manifest.format_version = max(manifest.format_version, HOLES_VERSION)
         manifest.updated = utc_now()
-        elsewhere = [s for s in manifest.skipped if not _inside(str(s.get("path", "")), root)]
-        manifest.skipped = elsewhere + report["skipped"]
+        # what this folder's build would record now, beside the entries of other folders
+        manifest.skipped = _elsewhere(manifest.skipped, root) + report["skipped"]
+        manifest.duplicates = _elsewhere(manifest.duplicates, root) + duplicates
         manifest.additions.append({"source": source.spec, "sync": True, "added": len(added),
                                    "removed": len(gone), "moved": len(moves), "time": utc_now(),
                                    "seconds": round(time.perf_counter() - t_start, 2)})
