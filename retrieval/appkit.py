@@ -16,6 +16,8 @@ from PIL import Image
 # retrieval's API only.
 from hebb.errors import UserError  # noqa: F401
 from hebb.images import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS, ImageLoadError, load_image
+from retrieval.index.directory import MANIFEST_FILE
+from retrieval.index.manifest import Manifest
 
 INDEX_DIR_ENV = "HEBBIR_INDEX_DIR"
 REPORTS_DIR_ENV = "HEBBIR_REPORTS_DIR"
@@ -29,7 +31,6 @@ UPLOAD_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]
 UPLOAD_HELP = (", ".join(FORMATS).replace("PPM", "Netpbm") + " (animated images: their first frame; "
                "TIFF: its first page)")
 
-MANIFEST_FILE = "manifest.json"
 THUMB_SIZE = 160
 
 
@@ -137,31 +138,31 @@ def kernel_mosaic(kernels, scale: int = 8, columns: int = 16, gap: int = 2) -> n
     return mosaic
 
 
-def index_facts(manifest: dict, item_count: int, network: dict | None = None) -> list[tuple[str, str]]:
+def index_facts(manifest: Manifest, item_count: int, network: dict | None = None) -> list[tuple[str, str]]:
     """(name, value) rows describing an index for the page's table, from its manifest and the network's
     `config()` (architecture, rule, layer spec)."""
     network = network or {}
-    meta = manifest.get("model_meta") or {}
-    checksum = manifest.get("model_checksum")
+    m = manifest
+    meta = m.model_meta or {}
     rows = [
-        ("model", manifest.get("model_source") or manifest.get("model_file")),
-        ("model checksum", checksum[:16] if checksum else None),
-        ("architecture", manifest.get("architecture") or network.get("arch")),
+        ("model", m.model_source or m.model_file),
+        ("model checksum", m.model_checksum[:16] if m.model_checksum else None),
+        ("architecture", m.architecture or network.get("arch")),
         ("rule", network.get("rule") or meta.get("rule")),
         ("layers (H Hebbian, G backprop, R random)", network.get("spec")),
         ("training", meta.get("stage")),
-        ("feature layer", manifest.get("layer")),
-        ("pooling", manifest.get("pooling")),
-        ("projection", manifest.get("projection")),
-        ("dimension", manifest.get("dimension")),
-        ("features", manifest.get("description")),
-        ("metric", manifest.get("metric")),
-        ("index type", manifest.get("factory")),
+        ("feature layer", m.layer),
+        ("pooling", m.pooling),
+        ("projection", m.projection),
+        ("dimension", m.dimension),
+        ("features", m.description),
+        ("metric", m.metric),
+        ("index type", m.factory),
         ("items", f"{item_count:,}"),
-        ("images from", manifest.get("source")),
-        ("built", manifest.get("created")),
-        ("build time", _seconds(manifest.get("build_time_s"))),
-        ("last addition", manifest.get("updated")),
+        ("images from", m.source),
+        ("built", m.created),
+        ("build time", _seconds(m.build_time_s)),
+        ("last addition", m.updated),
     ]
     return [(name, str(value)) for name, value in rows if value not in (None, "")]
 
@@ -173,10 +174,10 @@ def _seconds(value) -> str | None:
         return str(value)
 
 
-def skipped_rows(manifest: dict) -> list[dict]:
+def skipped_rows(manifest: Manifest) -> list[dict]:
     """The images the index build skipped, as table rows {file, reason}."""
     rows = []
-    for entry in manifest.get("skipped") or []:
+    for entry in manifest.skipped or []:
         if isinstance(entry, dict):
             rows.append({"file": str(entry.get("path", "")), "reason": str(entry.get("reason", ""))})
         else:

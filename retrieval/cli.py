@@ -9,7 +9,7 @@ import sys
 from hebb.errors import UserError
 
 #: Sub-command modules, in the order `hebbir --help` lists them.
-COMMAND_MODULES = ["data", "train", "evaluate", "index", "search", "quickstart", "app"]
+COMMAND_MODULES = ["data", "train", "evaluate", "index", "search", "duplicates", "quickstart", "app"]
 
 
 def build_parser() -> argparse.ArgumentParser:

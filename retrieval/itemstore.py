@@ -76,6 +76,10 @@ class ItemStore:
                 out[row[0]] = Item(*row)
         return out
 
+    def all(self) -> list[Item]:
+        """Every item, in id order."""
+        return [Item(*row) for row in self._db.execute("SELECT id, path, label, sha256 FROM items ORDER BY id")]
+
     def known_hashes(self) -> dict[str, int]:
         """sha256 -> id of every item."""
         return {h: i for i, h in self._db.execute("SELECT id, sha256 FROM items")}

@@ -164,34 +164,28 @@ def quickstart(out=DEFAULT_OUT, checkpoints=DEFAULT_CHECKPOINTS, data_dir=None, 
     out = Path(out)
     t0 = time.perf_counter()
     model_sum = file_checksum(ft_path)
-    if (not force and is_index_dir(out) and read_manifest(out)["model_checksum"] == model_sum
-            and read_manifest(out).get("quickstart_limit") == limit):
-        manifest = read_manifest(out)
-        say(f"reusing the index at {out} ({manifest['item_count']:,} items)")
+    manifest = None
+    if not force and is_index_dir(out):
+        try:
+            manifest = read_manifest(out)
+        except UserError:
+            pass  # a damaged index: build it again
+    if (manifest is not None and manifest.model_checksum == model_sum
+            and manifest.extra.get("quickstart_limit") == limit):
+        say(f"reusing the index at {out} ({manifest.item_count:,} items)")
     else:
         source = open_source("cifar10:train", data_dir)
         if limit is not None:
             source = source.subset(_sample(len(source), limit, seed))
+        # quickstart_limit: a rerun reuses the index only when it was built with the same image limit
         manifest = build_index(ft_path, source, out, layer=LAYER, device=device, progress=progress, force=True,
-                               fit_samples=cfg["fit_samples"])
-        _mark_quickstart(out, limit)
-        say(f"indexed {manifest['item_count']:,} images in {manifest['build_time_s']:.0f} s "
-            f"({manifest['images_per_s'] or 0:,.0f} images/s) -> {out}")
+                               fit_samples=cfg["fit_samples"], extra={"quickstart_limit": limit})
+        say(f"indexed {manifest.item_count:,} images in {manifest.build_time_s:.0f} s "
+            f"({manifest.images_per_s or 0:,.0f} images/s) -> {out}")
     times["index_s"] = time.perf_counter() - t0
     times["total_s"] = time.perf_counter() - t_start
     say(f"quickstart done in {times['total_s']:.0f} s "
         f"(data {times['data_s']:.0f}, pre-training {times['pretrain_s']:.0f}, fine-tuning {times['finetune_s']:.0f}, "
         f"index {times['index_s']:.0f})")
     say(f"next: hebbir app   (or: hebbir search --index {out} --k 10 IMAGE.jpg)")
-    return {"index": out, "model": ft_path, "manifest": read_manifest(out), "times": times, "config": cfg}
-
-
-def _mark_quickstart(out: Path, limit: int | None) -> None:
-    """Record the quickstart's image limit in the manifest, so that a rerun knows what it would reuse."""
-    import json
-
-    from retrieval.index import MANIFEST_FILE, _write_json
-
-    manifest = json.loads((out / MANIFEST_FILE).read_text())
-    manifest["quickstart_limit"] = limit
-    _write_json(out / MANIFEST_FILE, manifest)
+    return {"index": out, "model": ft_path, "manifest": manifest, "times": times, "config": cfg}

@@ -28,6 +28,8 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 
 _DATASET_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_\-]+)(?::(?P<split>train|val|test))?$")
 _WORKERS = min(8, (os.cpu_count() or 2) * 2)
+#: Folder entries never listed: hidden files and folders (.git, macOS `._*` forks), Synology thumbnails.
+DEFAULT_EXCLUDE = (".*", "@eaDir")
 
 
 @dataclass
@@ -75,7 +77,7 @@ def _list_folder(root: Path, exclude: Iterable[str] = ()) -> tuple[list[str], li
     paths: list[str] = []
     labels: list[str | None] = []
     skipped: list[dict] = []
-    for file in iter_files(root, exclude):  # sorted, hidden files and `exclude` left out
+    for file in iter_files(root, exclude or ()):  # sorted, hidden files and `exclude` left out
         rel = file.relative_to(root)
         full = str(file.resolve())
         if is_image_name(file.name):

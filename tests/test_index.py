@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import retrieval.index as index_mod
-import retrieval.search as search_mod
+import retrieval.index.backends as backends_mod
 from _retrieval_helpers import FAST, image_folder, make_checkpoint, tiny_model, write_folder  # noqa: F401
 from hebb.errors import UserError
 from retrieval.cli import main
@@ -194,8 +193,7 @@ def test_existing_index_needs_force_and_bad_factory_is_explained(tiny_model, mes
 
 
 def test_without_faiss_the_torch_backend_serves(tiny_model, messy_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr(index_mod, "faiss_or_none", lambda: None)
-    monkeypatch.setattr(search_mod, "faiss_or_none", lambda: None)
+    monkeypatch.setattr(backends_mod, "faiss_or_none", lambda: None)
     out = tmp_path / "idx"
     build_index(tiny_model, messy_folder, out, device="cpu", progress=False, **FAST)
     assert not (out / "index.faiss").exists()

@@ -1,9 +1,8 @@
-"""`hebbir index build|add|info`: build index directories, add images to them, describe them."""
+"""`hebbir index build|add|sync|info|repair`: build indexes, add images, follow a folder, describe, repair."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -42,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--batch-size", type=positive_int, default=256,
                    help="images per forward pass (default 256; use about 16 for imagenet10 models, whose layer-1 "
                         "activations take 16 MB per image)")
-    b.add_argument("--force", action="store_true", help="replace an existing index at --out")
+    b.add_argument("--force", action="store_true",
+                   help="replace an existing index at --out (a folder that is not an index is never replaced)")
+    add_exclude(b)
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device(b)
     add_data_dir(b)
@@ -56,14 +57,43 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--images", required=True, help="image folder, or dataset NAME[:train|val|test]")
     a.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_exclude(a)
     add_device(a)
     add_data_dir(a)
     a.set_defaults(func=_add)
 
-    i = isub.add_parser("info", help="describe an index", description="Describe an index directory.")
+    y = isub.add_parser(
+        "sync", help="bring an index up to date with a folder that changed",
+        description="Re-scan an image folder: items of files that are gone or changed leave the index, new and "
+                    "changed files are embedded with the index's own model, moved files keep their item. Ids of "
+                    "the other items stay the same. Items added from other folders are left alone.")
+    y.add_argument("--index", required=True, type=Path, help="index directory")
+    y.add_argument("--images", required=True, type=Path, help="the image folder to follow")
+    y.add_argument("--dry-run", action="store_true", help="only say what would change")
+    y.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
+    y.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_exclude(y)
+    add_device(y)
+    y.set_defaults(func=_sync)
+
+    i = isub.add_parser("info", help="describe an index",
+                        description="Describe an index directory, once each of its files has been checked "
+                                    "against the manifest (a damaged one is named, with what to do).")
     i.add_argument("--index", required=True, type=Path, help="index directory")
     i.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     i.set_defaults(func=_info)
+
+    r = isub.add_parser("repair", help="rewrite a damaged index.faiss from vectors.npy",
+                        description="Rewrite an index's FAISS file from its vectors (vectors.npy), atomically. "
+                                    "Damage to any other file needs a rebuild (hebbir index build --force).")
+    r.add_argument("--index", required=True, type=Path, help="index directory")
+    r.set_defaults(func=_repair)
+
+
+def add_exclude(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                   help="leave out folder entries matching this glob, by name or by path inside --images "
+                        "(repeatable; hidden files and @eaDir are always left out), e.g. --exclude 'raw/*'")
 
 
 def _interrupted(what: str) -> int:
@@ -90,13 +120,13 @@ def _build(args: argparse.Namespace) -> int:
         m = build_index(args.model, args.images, args.out, layer=args.layer, pooling=args.pooling,
                         projection=args.projection, dim=args.dim, factory=args.factory, device=args.device,
                         batch_size=args.batch_size, progress=not args.quiet, data_dir=args.data_dir,
-                        force=args.force)
+                        force=args.force, exclude=args.exclude)
     except KeyboardInterrupt:
         return _interrupted("build")
-    _print_problems(m["skipped"], m["duplicates"])
-    rate = f", {m['images_per_s']:,.0f} images/s" if m.get("images_per_s") else ""
-    print(f"indexed {m['item_count']:,} images into {args.out} ({m['description']}, {m['factory']}) "
-          f"in {m['build_time_s']:.1f} s{rate} on {m['device']}")
+    _print_problems(m.skipped, m.duplicates)
+    rate = f", {m.images_per_s:,.0f} images/s" if m.images_per_s else ""
+    print(f"indexed {m.item_count:,} images into {args.out} ({m.description}, {m.factory}) "
+          f"in {m.build_time_s:.1f} s{rate} on {m.device}")
     return 0
 
 
@@ -105,38 +135,67 @@ def _add(args: argparse.Namespace) -> int:
 
     try:
         r = add_to_index(args.index, args.images, device=args.device, progress=not args.quiet,
-                         data_dir=args.data_dir, batch_size=args.batch_size)
+                         data_dir=args.data_dir, batch_size=args.batch_size, exclude=args.exclude)
     except KeyboardInterrupt:
         return _interrupted("addition")
     _print_problems(r["skipped"], r["duplicates"])
     rate = f" ({r['images_per_s']:,.0f} images/s)" if r.get("images_per_s") and r["added"] else ""
-    print(f"added {r['added']:,} images to {args.index}{rate}; it now holds {r['manifest']['item_count']:,}")
+    print(f"added {r['added']:,} images to {args.index}{rate}; it now holds {r['manifest'].item_count:,}")
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
-    from retrieval.index import read_manifest
+    from retrieval.index import check_index
 
-    m = read_manifest(args.index)
+    m = check_index(args.index)
     if args.json:
-        print(json.dumps(m, indent=2))
+        print(m.to_json())
         return 0
-    meta = m.get("model_meta", {})
     lines = [
         f"index      {args.index}",
-        f"items      {m['item_count']:,} from {m['source']}",
-        f"features   {m['description']}",
-        f"search     {m['factory']}, {m['metric']} on L2-normalised vectors (cosine), faiss "
-        f"{m.get('faiss_version') or 'not used'}",
-        f"model      {m['architecture']} {meta.get('stage') or ''} sha256 {m['model_checksum'][:12]} "
-        f"(copy: {m['model_file']}; from {m['model_source']})",
-        f"built      {m['created']} in {m['build_time_s']:.1f} s on {m['device']}"
-        + (f", {m['images_per_s']:,.0f} images/s" if m.get("images_per_s") else ""),
+        f"items      {m.item_count:,} from {m.source}",
+        f"features   {m.description}",
+        f"search     {m.factory}, {m.metric} on L2-normalised vectors (cosine), faiss "
+        f"{m.faiss_version or 'not used'}",
+        f"model      {m.architecture} {m.model_meta.get('stage') or ''} sha256 {m.model_checksum[:12]} "
+        f"(copy: {m.model_file}; from {m.model_source})",
+        f"built      {m.created} in {m.build_time_s or 0:.1f} s on {m.device}"
+        + (f", {m.images_per_s:,.0f} images/s" if m.images_per_s else ""),
     ]
-    if m.get("updated"):
-        lines.append(f"updated    {m['updated']} ({len(m.get('additions', []))} addition(s))")
-    lines.append(f"skipped    {len(m['skipped'])} file(s); duplicates {len(m['duplicates'])}")
+    if m.updated:
+        lines.append(f"updated    {m.updated} ({len(m.additions)} addition(s))")
+    lines.append(f"skipped    {len(m.skipped)} file(s); duplicates {len(m.duplicates)}")
     print("\n".join(lines))
-    for s in m["skipped"][:5]:
+    for s in m.skipped[:5]:
         print(f"  {s['path']}: {s['reason']}")
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from retrieval.index import sync_index
+
+    try:
+        r = sync_index(args.index, args.images, device=args.device, progress=not args.quiet,
+                       batch_size=args.batch_size, exclude=args.exclude, dry_run=args.dry_run)
+    except KeyboardInterrupt:
+        return _interrupted("sync")
+    verb = "would " if args.dry_run else ""
+    for what, paths in (("remove", r["removed"]), ("add", r["added"])):
+        for path in paths[:10]:
+            print(f"{verb}{what} {path}")
+        if len(paths) > 10:
+            print(f"  ... and {len(paths) - 10} more to {what}")
+    if r["skipped"]:
+        print(f"skipped {len(r['skipped'])} file(s)" + (" (listed in manifest.json)" if not args.dry_run else ""))
+    print(f"{args.index}: {verb}remove {len(r['removed']):,}, {verb}add {len(r['added']):,}, {verb}move "
+          f"{len(r['moved']):,}; it {'would hold' if args.dry_run else 'now holds'} "
+          f"{r['kept'] + len(r['added']):,} items")
+    return 0
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from retrieval.index import repair_index
+
+    m = repair_index(args.index)
+    print(f"rewrote {args.index}/index.faiss ({m.factory}, {m.item_count:,} vectors) from vectors.npy")
     return 0
