@@ -1,20 +1,18 @@
-"""The embedded default pipeline: CIFAR-10 -> HPCA pre-training -> 10% fine-tuning -> index, ready for the app.
+"""The embedded default pipeline: CIFAR-10 -> SoftHebb pre-training -> 10% probe -> index, ready for the app.
 
 Steps (each reused when its result already exists with the same settings; `force` redoes them):
   1. CIFAR-10 in the data directory, imported from `$HEBBIR_CIFAR10_ARCHIVE`, else
      `../shared/datasets/cifar10-jpg.tar.gz` beside the repository, else downloaded through torchvision;
-  2. an HPCA pre-trained network (no labels) -> `CHECKPOINTS/quickstart-hpca.pt`;
-  3. fine-tuned end to end at layer 5 on the 10% label regime -> `CHECKPOINTS/quickstart-hpca-ft10.pt`;
-  4. an index of the 40,000-image training split at `index_data/quickstart` (layer 5, PCA 256, exact).
+  2. a SoftHebb pre-trained wide3 network (one epoch, no labels) -> `CHECKPOINTS/quickstart-softhebb.pt`;
+  3. its linear probe on the 10% label regime (frozen trunk) -> `CHECKPOINTS/quickstart-softhebb-probe10.pt`;
+  4. an index of the 40,000-image training split at `index_data/quickstart` (block 3, the registry's default
+     reduction, exact search).
 
-Two configurations: on a GPU the reference-sized one; on a CPU a smaller one that finishes in minutes
-(pre-training on a sample of the training split for one epoch, a few fine-tuning epochs, a smaller
-validation sample). `CPU_CONFIG` / `GPU_CONFIG` hold the numbers.
-
-Measured (2026-11-23, CPU configuration, 2 cores shared with other jobs, load average ~9, the job got 44% of
-the machine): 1,637 s wall (data already imported 8 s, pre-training 337 s, fine-tuning 815 s, index of 40,000
-images 476 s at 94 images/s), 12 CPU-minutes; validation accuracy 36.4%; index mAP@100 .0865 on 1,000 test
-queries. On 2 idle cores that should be about 6-10 minutes (estimated from the CPU time, not measured).
+SoftHebb's frozen features are the method of choice here: one unsupervised epoch, no back-propagation into
+the trunk, and the best retrieval of the methods measured (reports/cifar10). Two configurations: on a GPU the
+reference one (all 40,000 images); on a CPU one that fits its budget of about 15 minutes on 2 cores
+(pre-training on a 10,000-image sample, a 2,000-image validation sample). `CPU_CONFIG` / `GPU_CONFIG`
+hold the numbers.
 """
 
 from __future__ import annotations
@@ -33,12 +31,13 @@ ARCHIVE_ENV = "HEBBIR_CIFAR10_ARCHIVE"
 DEFAULT_OUT = Path("index_data/quickstart")
 DEFAULT_CHECKPOINTS = Path("checkpoints")
 REGIME = 10
-LAYER = 5
+METHOD = "softhebb"
+READOUT = "probe"
 
-#: Settings per device kind. pretrain_images: how many training-split images HPCA learns from (None = all).
-GPU_CONFIG = {"pretrain_images": None, "pretrain_epochs": 2, "finetune_epochs": 20, "val_images": None,
+#: Settings per device kind. pretrain_images: how many training-split images SoftHebb learns from (None = all).
+GPU_CONFIG = {"pretrain_images": None, "pretrain_epochs": 1, "finetune_epochs": 50, "val_images": None,
               "fit_samples": 10_000}
-CPU_CONFIG = {"pretrain_images": 2500, "pretrain_epochs": 1, "finetune_epochs": 3, "val_images": 2000,
+CPU_CONFIG = {"pretrain_images": 10_000, "pretrain_epochs": 1, "finetune_epochs": 50, "val_images": 2000,
               "fit_samples": 4000}
 
 
@@ -92,11 +91,10 @@ def quickstart(out=DEFAULT_OUT, checkpoints=DEFAULT_CHECKPOINTS, data_dir=None, 
     `limit` caps every stage at that many images (pre-training, labelled set, validation, index): for tests
     and a first look. The other arguments override the device's configuration.
     """
+    from hebb.architectures import architecture
     from hebb.checkpoint import file_checksum, load_checkpoint, save_checkpoint
     from hebb.data import load_splits, regime_indices
-    from hebb.finetune import finetune
-    from hebb.network import build_network
-    from hebb.pretrain import pretrain
+    from hebb.recipes import arch_for, pretrained_network, read_out
     from retrieval.index import build_index, is_index_dir, read_manifest, resolve_device
     from retrieval.sources import open_source
 
@@ -110,10 +108,12 @@ def quickstart(out=DEFAULT_OUT, checkpoints=DEFAULT_CHECKPOINTS, data_dir=None, 
     if limit is not None:
         cfg["pretrain_images"] = min(limit, cfg["pretrain_images"] or limit)
         cfg["val_images"] = min(limit, cfg["val_images"] or limit)
-    cfg.update(seed=seed, limit=limit, regime=REGIME, layer=LAYER)
-    say(f"quickstart on {device}: pre-training HPCA on {cfg['pretrain_images'] or 'all'} training images for "
-        f"{cfg['pretrain_epochs']} epoch(s), fine-tuning at layer {LAYER} on {REGIME}% labels for "
-        f"{cfg['finetune_epochs']} epoch(s)" + (f", at most {limit} images per stage" if limit else ""))
+    arch = arch_for(METHOD)
+    layer = architecture(arch).depth
+    cfg.update(seed=seed, limit=limit, regime=REGIME, layer=layer, method=METHOD, readout=READOUT)
+    say(f"quickstart on {device}: pre-training {METHOD} ({arch}) on {cfg['pretrain_images'] or 'all'} training "
+        f"images for {cfg['pretrain_epochs']} epoch(s), a {READOUT} read-out at layer {layer} on {REGIME}% labels "
+        f"for {cfg['finetune_epochs']} epoch(s)" + (f", at most {limit} images per stage" if limit else ""))
     times = {}
 
     t0 = time.perf_counter()
@@ -123,25 +123,24 @@ def quickstart(out=DEFAULT_OUT, checkpoints=DEFAULT_CHECKPOINTS, data_dir=None, 
     times["data_s"] = time.perf_counter() - t0
 
     checkpoints = Path(checkpoints)
-    pre_path = checkpoints / "quickstart-hpca.pt"
-    ft_path = checkpoints / "quickstart-hpca-ft10.pt"
-    pre_cfg = {k: cfg[k] for k in ("pretrain_images", "pretrain_epochs", "seed", "limit")}
+    pre_path = checkpoints / f"quickstart-{METHOD}.pt"
+    ft_path = checkpoints / f"quickstart-{METHOD}-{READOUT}{REGIME}.pt"
+    pre_cfg = {k: cfg[k] for k in ("method", "pretrain_images", "pretrain_epochs", "seed", "limit")}
     t0 = time.perf_counter()
     if _current(pre_path, pre_cfg, force):
         say(f"reusing {pre_path}")
     else:
-        net = build_network(arch="cifar6", num_classes=len(train.classes), rule="hpca")
         idx = _sample(len(train), cfg["pretrain_images"], seed)
-        stats = pretrain(net, train.images[torch.from_numpy(idx)], epochs=cfg["pretrain_epochs"], device=device,
-                         seed=seed, progress=progress)
+        net, stats = pretrained_network(METHOD, arch, train.images[torch.from_numpy(idx)], len(train.classes),
+                                        epochs=cfg["pretrain_epochs"], device=device, seed=seed, progress=progress)
         save_checkpoint(pre_path, net, {"stage": "pretrain", "dataset": "cifar10", "classes": train.classes,
-                                        "quickstart": pre_cfg, "training": {"images": len(idx)},
+                                        "quickstart": pre_cfg, "training": {"images": len(idx), **stats["settings"]},
                                         "timings": {"time_s": stats.get("time_s")}})
         say(f"pre-trained in {time.perf_counter() - t0:.0f} s -> {pre_path}")
     times["pretrain_s"] = time.perf_counter() - t0
 
     ft_cfg = dict(pre_cfg, pretrained_checksum=file_checksum(pre_path), finetune_epochs=cfg["finetune_epochs"],
-                  val_images=cfg["val_images"], regime=REGIME, layer=LAYER)
+                  val_images=cfg["val_images"], regime=REGIME, layer=layer, readout=READOUT)
     t0 = time.perf_counter()
     if _current(ft_path, ft_cfg, force):
         say(f"reusing {ft_path}")
@@ -151,13 +150,14 @@ def quickstart(out=DEFAULT_OUT, checkpoints=DEFAULT_CHECKPOINTS, data_dir=None, 
         if limit is not None:
             labelled = labelled.subset(_sample(len(labelled), limit, seed))
         val_part = val.subset(_sample(len(val), cfg["val_images"], seed))
-        net, stats = finetune(net, labelled, val_part, layer=LAYER, epochs=cfg["finetune_epochs"], device=device,
-                              seed=seed, progress=progress)
-        save_checkpoint(ft_path, net, {"stage": "finetune", "dataset": "cifar10", "classes": train.classes,
-                                       "quickstart": ft_cfg, "metrics": {"val_acc": stats.get("val_acc")},
+        net, stats = read_out(net, READOUT, labelled, val_part, layer, device=device, seed=seed, progress=progress,
+                              epochs=cfg["finetune_epochs"])
+        save_checkpoint(ft_path, net, {"stage": "finetune", "readout": READOUT, "dataset": "cifar10",
+                                       "classes": train.classes, "quickstart": ft_cfg,
+                                       "metrics": {"val_acc": stats.get("val_acc")},
                                        "training": {"labelled": len(labelled), "regime": REGIME}})
         acc = stats.get("val_acc")
-        say(f"fine-tuned in {time.perf_counter() - t0:.0f} s"
+        say(f"trained the {READOUT} read-out in {time.perf_counter() - t0:.0f} s"
             + (f", validation accuracy {acc:.1%}" if acc is not None else "") + f" -> {ft_path}")
     times["finetune_s"] = time.perf_counter() - t0
 
@@ -178,14 +178,14 @@ def quickstart(out=DEFAULT_OUT, checkpoints=DEFAULT_CHECKPOINTS, data_dir=None, 
         if limit is not None:
             source = source.subset(_sample(len(source), limit, seed))
         # quickstart_limit: a rerun reuses the index only when it was built with the same image limit
-        manifest = build_index(ft_path, source, out, layer=LAYER, device=device, progress=progress, force=True,
+        manifest = build_index(ft_path, source, out, layer=layer, device=device, progress=progress, force=True,
                                fit_samples=cfg["fit_samples"], extra={"quickstart_limit": limit})
         say(f"indexed {manifest.item_count:,} images in {manifest.build_time_s:.0f} s "
             f"({manifest.images_per_s or 0:,.0f} images/s) -> {out}")
     times["index_s"] = time.perf_counter() - t0
     times["total_s"] = time.perf_counter() - t_start
     say(f"quickstart done in {times['total_s']:.0f} s "
-        f"(data {times['data_s']:.0f}, pre-training {times['pretrain_s']:.0f}, fine-tuning {times['finetune_s']:.0f}, "
+        f"(data {times['data_s']:.0f}, pre-training {times['pretrain_s']:.0f}, read-out {times['finetune_s']:.0f}, "
         f"index {times['index_s']:.0f})")
     say(f"next: hebbir app   (or: hebbir search --index {out} --k 10 IMAGE.jpg)")
     return {"index": out, "model": ft_path, "manifest": manifest, "times": times, "config": cfg}

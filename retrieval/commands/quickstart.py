@@ -1,4 +1,4 @@
-"""`hebbir quickstart`: data -> HPCA model -> 10% fine-tuning -> index of CIFAR-10, ready for `hebbir app`."""
+"""`hebbir quickstart`: data -> SoftHebb model -> 10% probe -> index of CIFAR-10, ready for `hebbir app`."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     from retrieval.quickstart import CPU_CONFIG, DEFAULT_CHECKPOINTS, DEFAULT_OUT, GPU_CONFIG
 
     p = sub.add_parser(
-        "quickstart", help="CIFAR-10 -> HPCA model -> 10%% fine-tuning -> index, ready for the app",
+        "quickstart", help="CIFAR-10 -> SoftHebb model -> 10%% probe -> index, ready for the app",
         description=(
             "The embedded default: import CIFAR-10 (from $HEBBIR_CIFAR10_ARCHIVE, ../shared/datasets/"
-            "cifar10-jpg.tar.gz, or the internet), pre-train the 6-layer network with HPCA (no labels), "
-            "fine-tune it at layer 5 on 10% of the labels, and index the 40,000-image training split. "
-            f"On a GPU: pre-training on all images for {GPU_CONFIG['pretrain_epochs']} epochs, "
-            f"{GPU_CONFIG['finetune_epochs']} fine-tuning epochs. On a CPU (smaller, sized for about "
-            f"15 minutes on 2 idle cores): pre-training on {CPU_CONFIG['pretrain_images']:,} images for "
-            f"{CPU_CONFIG['pretrain_epochs']} epoch, {CPU_CONFIG['finetune_epochs']} fine-tuning epochs, "
-            f"validation on {CPU_CONFIG['val_images']:,} images. Rerunning reuses what exists."),
+            "cifar10-jpg.tar.gz, or the internet), pre-train the wide3 network with SoftHebb (one epoch, no "
+            "labels), train a linear probe on its block-3 features with 10% of the labels, and index the "
+            "40,000-image training split with the frozen features. "
+            f"On a GPU: pre-training on all images, {GPU_CONFIG['finetune_epochs']} probe epochs. On a CPU "
+            f"(sized for about 15 minutes on 2 idle cores): pre-training on {CPU_CONFIG['pretrain_images']:,} "
+            f"images, {CPU_CONFIG['finetune_epochs']} probe epochs, validation on {CPU_CONFIG['val_images']:,} "
+            "images. Rerunning reuses what exists."),
         epilog="then: hebbir app")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"index directory (default {DEFAULT_OUT})")
     p.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS,
@@ -30,9 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=positive_int, default=None,
                    help="at most this many images per stage (a quick look, or tests)")
     p.add_argument("--pretrain-images", type=positive_int, default=None,
-                   help="override: training images HPCA learns from")
+                   help="override: training images SoftHebb learns from")
     p.add_argument("--pretrain-epochs", type=positive_int, default=None, help="override: pre-training epochs")
-    p.add_argument("--finetune-epochs", type=positive_int, default=None, help="override: fine-tuning epochs")
+    p.add_argument("--readout-epochs", "--finetune-epochs", dest="finetune_epochs", type=positive_int, default=None,
+                   help="override: read-out (probe) epochs")
     p.add_argument("--force", action="store_true", help="redo every step even if its result exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device(p)
