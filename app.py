@@ -197,7 +197,7 @@ def evaluation_tab(root: Path) -> None:
                 f"--out {root}/first", icon=":material/info:")
         return
     for n, report in enumerate(reports):
-        with st.expander(report.name, expanded=n == 0, icon=":material/analytics:"):
+        with st.expander(report.title, expanded=n == 0, icon=":material/analytics:"):
             st.markdown(report.summary)
             plots = st.grid(2, gap="medium")
             for plot in report.plots:

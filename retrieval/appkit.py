@@ -192,6 +192,17 @@ class Report:
     name: str
     summary: str
     plots: tuple[Path, ...]
+    kind: str = "partial"  # "main" (the report of record), "smoke" or "partial"
+
+    @property
+    def title(self) -> str:
+        """The report's name with what it is: the main report, a smoke run or a partial report."""
+        return {"main": f"{self.name} (main report)", "smoke": f"{self.name} (smoke run: reduced sizes)",
+                "partial": f"{self.name} (partial: one regime or method subset)"}[self.kind]
+
+
+#: The report the Evaluation tab opens on: the full CIFAR-10 evaluation.
+MAIN_REPORT = "cifar10"
 
 
 _LOCAL_IMAGE = re.compile(r"!\[[^\]]*\]\((?!https?://)[^)]*\)")
@@ -199,7 +210,8 @@ _HEADING = re.compile(r"^(#{1,4}) ", re.MULTILINE)
 
 
 def list_reports(root: Path) -> list[Report]:
-    """Every `root/*/summary.md`, newest first, with the PNG plots beside it.
+    """Every `root/*/summary.md` with the PNG plots beside it: the main report (`MAIN_REPORT`) first, then the
+    others newest first, each labelled main, smoke or partial.
 
     Markdown image links to local files are dropped from the summary (the page shows the plots itself), and
     headings go two levels down, to sit under the page's own.
@@ -214,5 +226,7 @@ def list_reports(root: Path) -> list[Report]:
             continue
         plots = tuple(sorted(summary.parent.glob("*.png")))
         text = _HEADING.sub(r"##\1 ", _LOCAL_IMAGE.sub("", text))
-        found.append((summary.stat().st_mtime, Report(summary.parent.name, text, plots)))
-    return [report for _, report in sorted(found, key=lambda pair: -pair[0])]
+        name = summary.parent.name
+        kind = "main" if name == MAIN_REPORT else "smoke" if "smoke" in name else "partial"
+        found.append((kind != "main", -summary.stat().st_mtime, Report(name, text, plots, kind)))
+    return [report for *_, report in sorted(found, key=lambda item: item[:2])]

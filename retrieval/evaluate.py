@@ -81,6 +81,7 @@ class SweepConfig:
     pretrain_epochs: int | None = None     # None: the training code's default
     finetune_epochs: int | None = None
     probe_epochs: int | None = None
+    share_pretraining: bool = False        # one pre-training per method (seed 0) serves every label seed
     limit: int | None = None               # at most this many images per split (quick runs)
     device: str = "cpu"
     data_dir: Path | None = None
@@ -124,7 +125,13 @@ class SweepConfig:
                "features": {"pooling": self.pooling, "projection": self.projection, "dim": self.dim}}
         if "probe" in self.readouts:
             out["probe_epochs"] = self.probe_epochs
+        if self.share_pretraining:
+            out["pretraining"] = "shared by the label seeds"
         return out
+
+    def pretrain_seed(self, seed: int) -> int:
+        """The seed of the pre-training a cell of label seed `seed` reads."""
+        return 0 if self.share_pretraining else seed
 
     def method_layers(self, method: str) -> tuple[int, ...]:
         """The layers swept for `method`: the asked-for ones its network has, or its top layer."""
@@ -488,17 +495,19 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
     current, pretrained, pre_stats, features = None, None, None, None
     for cell in todo:
         method, readout, regime, layer, seed = cell
+        pseed = config.pretrain_seed(seed)
         bar.set_postfix_str(_key(cell))
-        if current != (method, seed):
-            pretrained, pre_stats = _pretrained(method, seed, data, config, device, results)
-            current, features = (method, seed), None
+        if current != (method, pseed):
+            pretrained, pre_stats = _pretrained(method, pseed, data, config, device, results)
+            current, features = (method, pseed), None
         if readout == "probe":
-            if features is None or features.key != (method, seed, layer):
+            if features is None or features.key != (method, pseed, layer):
                 features = None  # free the previous layer's features first
-                features = layer_features((method, seed, layer), pretrained, layer, data, config, device)
+                features = layer_features((method, pseed, layer), pretrained, layer, data, config, device)
             record = probe_cell(features, method, regime, layer, seed, data, config, device, pre_stats)
         else:
             record = evaluate_run(pretrained, method, regime, layer, seed, data, config, device, pre_stats)
+        record["pretrain_seed"] = pseed
         results["runs"][_key(cell)] = record
         write_results(config.out, results)
         bar.update(1)
@@ -532,7 +541,7 @@ def sweep_status(config: SweepConfig) -> dict:
             estimate += float(np.mean(known))
         else:
             unknown.add(f"{c[0]}/{c[1]}")
-    for method, seed in {(c[0], c[4]) for c in left}:
+    for method, seed in {(c[0], config.pretrain_seed(c[4])) for c in left}:
         if f"{method}/s{seed}" not in pre_done:
             costs = [v.get("wall_s") or v.get("time_s") or 0.0 for k, v in results.get("pretraining", {}).items()
                      if k.startswith(f"{method}/")]

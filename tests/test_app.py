@@ -273,3 +273,18 @@ def test_the_page_uses_retrievals_api_only():
     modules = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
     modules += [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module]
     assert not [m for m in modules if m == "hebb" or m.startswith("hebb.")], modules
+
+
+def test_evaluation_tab_opens_on_the_main_report_and_labels_the_others(tmp_path):
+    import os
+
+    from retrieval import appkit
+
+    for name, age in (("cifar10", 300), ("cifar10-cpu-smoke", 100), ("cifar10-cpu-1pct", 0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.md").write_text(f"# {name}\n")
+        os.utime(tmp_path / name / "summary.md", (1e9 - age, 1e9 - age))
+    reports = appkit.list_reports(tmp_path)
+    assert [r.name for r in reports] == ["cifar10", "cifar10-cpu-1pct", "cifar10-cpu-smoke"]
+    assert [r.kind for r in reports] == ["main", "partial", "smoke"]
+    assert "main report" in reports[0].title and "smoke run" in reports[2].title

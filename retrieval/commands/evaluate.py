@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="probe head epochs (default: the probe's, 50)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="pre-training batch (default: each architecture's)")
+    p.add_argument("--share-pretraining", action="store_true",
+                   help="one pre-training per method (seed 0) for every label seed: the cheaper protocol, stated "
+                        "in the report (seeds then vary the labelled subset and the read-out only)")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="use at most N images of each split (a fixed random sample): quick, not comparable runs")
     p.add_argument("--pooling", default="auto", choices=("auto", "flatten", "avg", "max", "avgmax", "grid"),
@@ -84,9 +87,12 @@ def command_line(args: argparse.Namespace) -> str:
 
     parts = ["hebbir evaluate"]
     for name in ("dataset", "methods", "readouts", "regimes", "layers", "seeds", "pretrain_epochs", "finetune_epochs",
-                 "probe_epochs", "batch_size", "limit", "pooling", "projection", "dim", "device", "data_dir", "out"):
+                 "probe_epochs", "batch_size", "share_pretraining", "limit", "pooling", "projection", "dim", "device",
+                 "data_dir", "out"):
         value = getattr(args, name)
-        if value is not None:
+        if isinstance(value, bool):
+            parts += [f"--{name.replace('_', '-')}"] if value else []
+        elif value is not None:
             parts.append(f"--{name.replace('_', '-')} {fmt(value)}")
     return " ".join(parts)
 
@@ -103,7 +109,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                              readouts=tuple(r.lower() for r in args.readouts), regimes=args.regimes, layers=layers,
                              seeds=tuple(range(args.seeds)), pretrain_epochs=args.pretrain_epochs,
                              finetune_epochs=args.finetune_epochs, probe_epochs=args.probe_epochs,
-                             batch_size=args.batch_size, limit=args.limit, pooling=args.pooling,
+                             batch_size=args.batch_size, share_pretraining=args.share_pretraining,
+                             limit=args.limit, pooling=args.pooling,
                              projection=args.projection, dim=args.dim, device=str(resolve_device(args.device)),
                              data_dir=args.data_dir, command=command_line(args))
         if args.status:
