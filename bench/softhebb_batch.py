@@ -26,7 +26,7 @@ from hebb.data import load_splits  # noqa: E402
 from hebb.finetune import probe  # noqa: E402
 from hebb.network import build_network  # noqa: E402
 from hebb.pretrain import pretrain  # noqa: E402
-from retrieval.evaluate import code_version, device_description  # noqa: E402
+from retrieval.evaluation.sweep import code_version, device_description  # noqa: E402
 
 
 def main() -> int:

@@ -110,7 +110,7 @@ def device_name(device: torch.device) -> str:
     """GPU name, or CPU model with the core count and torch's thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from retrieval.evaluate import cpu_model
+    from retrieval.evaluation.sweep import cpu_model
 
     return f"{cpu_model()}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads)"
 

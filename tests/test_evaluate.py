@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-import retrieval.evaluate as ev
+import retrieval.evaluation.sweep as ev
 from hebb.errors import UserError
 from retrieval.cli import main
-from retrieval.report import mean_ci, t_quantile, write_report
+from retrieval.evaluation.report import mean_ci, t_quantile, write_report
 
 
 def test_student_t_interval_matches_known_values():
@@ -27,7 +27,7 @@ def test_student_t_interval_matches_known_values():
 
 
 # Half-widths computed by the hand-written Student-t quantile (incomplete-beta continued fraction +
-# bisection) that retrieval/report.py used before it switched to scipy.stats.t; the values are seeded
+# bisection) that the report module used before it switched to scipy.stats.t; the values are seeded
 # uniform draws in [0.2, 0.9] rounded to 4 digits.
 OLD_CI = {
     2: ([0.6731, 0.35], 0.51155, 2.052687375129016),
@@ -50,7 +50,7 @@ def test_scipy_interval_matches_the_previous_implementation(n):
 def test_report_without_scipy_has_no_intervals(monkeypatch):
     import sys
 
-    import retrieval.report as report
+    import retrieval.evaluation.report as report
 
     monkeypatch.setitem(sys.modules, "scipy", None)
     monkeypatch.setitem(sys.modules, "scipy.stats", None)
@@ -210,7 +210,7 @@ def test_report_tables_hold_mean_and_interval_per_chosen_layer(tmp_path, monkeyp
     def no_matplotlib(*args, **kwargs):
         raise ImportError("matplotlib")
 
-    monkeypatch.setattr("retrieval.report.write_plots", no_matplotlib)
+    monkeypatch.setattr("retrieval.evaluation.report.write_plots", no_matplotlib)
     summary = write_report(tmp_path).read_text()
     accuracy = summary.split("## Test accuracy")[1].split("## Retrieval")[0]
     half = 4.3026527 * 10 / math.sqrt(3)        # s = 10 points over 3 seeds

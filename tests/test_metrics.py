@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hebb.errors import UserError
-from retrieval.metrics import (average_precision, mean_average_precision, precision_at_k, precision_curve,
+from retrieval.evaluation.metrics import (average_precision, mean_average_precision, precision_at_k, precision_curve,
                                precision_recall_curve, rank_database, topk_accuracy)
 
 # ------------------------------------------------------------------------------------------ hand-computed

@@ -98,8 +98,8 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from retrieval.evaluate import SweepConfig, run_sweep, sweep_status
-    from retrieval.report import write_report
+    from retrieval.evaluation.sweep import SweepConfig, run_sweep, sweep_status
+    from retrieval.evaluation.report import write_report
 
     if not args.report_only:
         layers = None if args.layers == "best" else args.layers

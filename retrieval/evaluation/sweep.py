@@ -322,7 +322,7 @@ def probe_run(features: "LayerFeatures", labelled_idx: np.ndarray, data: dict, c
 def score_accuracy(net, test, device: torch.device, batch_size: int = 500) -> dict:
     """{'top1', 'top5'} fractions of the test split classified correctly by `net` (in eval mode)."""
     from hebb.data import to_float
-    from retrieval.metrics import topk_accuracy
+    from retrieval.evaluation.metrics import topk_accuracy
 
     net = net.to(device).eval()
     logits = [net(to_float(test.images[s:s + batch_size], device)).float().cpu()
@@ -351,7 +351,7 @@ def _jsonable(obj):
 def retrieval_scores(net, layer: int, train, test, device: torch.device, config: SweepConfig) -> dict:
     """mAP@100, mAP@R, mAP@all, P@k and PR curves with the 'seed' protocol, plus feature timings."""
     from retrieval.features import FeatureExtractor
-    from retrieval.metrics import rank_database
+    from retrieval.evaluation.metrics import rank_database
 
     start = time.perf_counter()
     ext = FeatureExtractor(net, layer, pooling=config.pooling, projection=config.projection, dim=config.dim,
@@ -443,7 +443,7 @@ def layer_features(key: tuple, net, layer: int, data: dict, config: SweepConfig,
     """Features of `layer` of the frozen `net` for train / val / test, computed once, and their retrieval."""
     from hebb.finetune import extract_features
     from retrieval.features import FeatureExtractor
-    from retrieval.metrics import rank_database
+    from retrieval.evaluation.metrics import rank_database
 
     start = time.perf_counter()
     net = copy.deepcopy(net).to(device).eval()

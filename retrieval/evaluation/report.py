@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from hebb.errors import UserError
-from retrieval.evaluate import load_results
-from retrieval.paper_numbers import (PAPER_ACCURACY, PAPER_SOURCE, PAPER_TRAINING_TIME,
+from retrieval.evaluation.sweep import load_results
+from retrieval.evaluation.paper_numbers import (PAPER_ACCURACY, PAPER_SOURCE, PAPER_TRAINING_TIME,
                                      method_name, paper_accuracy)
 
 SUMMARY_FILE = "summary.md"
