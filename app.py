@@ -180,8 +180,8 @@ def index_tab(handle, index_dir: Path, version: float) -> None:
         st.subheader("First-layer kernels")
         try:
             st.image(kernel_image(str(index_dir), version), width="stretch",
-                     caption="the learned colour kernels of layer 1 (5x5 in cifar6, 7x7 in imagenet10), "
-                             "each min-max normalised")
+                     caption="the learned colour kernels of the first layer, each min-max normalised "
+                             "(oriented edges and colour blobs once learned; noise when random)")
         except (AttributeError, ValueError) as exc:
             st.caption(f"Kernels not available for this model ({exc}).")
     if skipped:
