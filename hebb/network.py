@@ -55,6 +55,17 @@ class BatchNormStar(nn.BatchNorm2d):
         return out * scale.view(1, -1, 1, 1)
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """Max pooling that runs in channels-last layout on the CPU: the same values, and for SoftHebb's
+    overlapping 4x4 pools on (10, 96, 32, 32) 18x faster than torch's NCHW CPU kernel (0.5 against 9.2 ms;
+    a whole wide3 training step about 10% faster, measured 2026-12-02, one thread)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dim() != 4:
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
 def make_activation(plan: LayerPlan) -> nn.Module:
     """The activation module a layer plan asks for."""
     if plan.activation == "triangle":
@@ -87,7 +98,7 @@ class FeatureLayer(nn.Module):
             self.activation = activation
         if plan.pool > 1:
             stride = plan.pool_stride or plan.pool
-            pool_cls = nn.MaxPool2d if plan.pool_kind == "max" else nn.AvgPool2d
+            pool_cls = MaxPool2d if plan.pool_kind == "max" else nn.AvgPool2d
             self.pool = pool_cls(plan.pool, stride=stride, padding=plan.pool_padding)
         else:
             self.pool = None
