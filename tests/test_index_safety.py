@@ -195,29 +195,47 @@ def _run_until_paused(argv: list, phase: str, timeout: float = 240.0) -> None:
         proc.wait()
 
 
-def test_kill_9_during_build_keeps_the_old_index_and_the_rerun_cleans_up(tiny_model, cifar_splits, idx,
+@pytest.mark.parametrize("phase", ["extract", "write", "swap"])
+def test_kill_9_during_build_keeps_the_old_index_and_the_rerun_cleans_up(phase, tiny_model, cifar_splits, idx,
                                                                          tmp_path):
     bigger = tmp_path / "bigger"
     write_folder(bigger, cifar_splits["train"], 3, offset=2)  # 30 other images
     argv = ["index", "build", "--model", tiny_model, "--images", bigger, "--out", idx, "--force", "--layer", "2",
             "--pooling", "grid", "--dim", "32", "--device", "cpu", "--quiet"]
-    _run_until_paused(argv, "write")
-    assert any(n.startswith(".idx.building-") for n in _leftovers(idx))  # what the dead run left
-    with open_index(idx) as h:  # the old index, intact
+    _run_until_paused(argv, phase)
+    assert _leftovers(idx)  # what the dead run left: its work, temporary or backup folder
+    with open_index(idx) as h:  # the old index, intact (after a kill between the renames: recovered)
         assert len(h) == 20 and h.search_vectors(np.asarray(h.vectors()[:1]), k=1)[0][0].id == 0
     build_index(tiny_model, bigger, idx, device="cpu", progress=False, force=True, **FAST)
     assert read_manifest(idx)["item_count"] == 30
     assert _leftovers(idx) == []
 
 
-def test_kill_9_during_add_keeps_the_old_index_and_the_rerun_cleans_up(cifar_splits, idx, tmp_path):
+@pytest.mark.parametrize("phase", ["extract", "write", "swap"])
+def test_kill_9_during_add_keeps_the_old_index_and_the_rerun_cleans_up(phase, cifar_splits, idx, tmp_path):
     more = tmp_path / "more"
     write_folder(more, cifar_splits["train"], 1, offset=5)  # 10 new images
-    _run_until_paused(["index", "add", "--index", idx, "--images", more, "--device", "cpu", "--quiet"], "write")
-    assert any(n.startswith(".idx.adding-") for n in _leftovers(idx))
+    _run_until_paused(["index", "add", "--index", idx, "--images", more, "--device", "cpu", "--quiet"], phase)
+    assert _leftovers(idx)
     with open_index(idx) as h:
         assert len(h) == 20 and h.search_vectors(np.asarray(h.vectors()[:1]), k=1)[0][0].id == 0
     assert add_to_index(idx, more, device="cpu", progress=False)["added"] == 10
+    with open_index(idx) as h:
+        assert len(h) == 30
+    assert _leftovers(idx) == []
+
+
+@pytest.mark.parametrize("phase", ["extract", "write", "swap"])
+def test_kill_9_during_sync_keeps_the_old_index_and_the_rerun_cleans_up(phase, cifar_splits, idx, tmp_path):
+    from retrieval.index import sync_index
+
+    more = tmp_path / "more"
+    write_folder(more, cifar_splits["train"], 1, offset=5)  # 10 new images in a folder of their own
+    _run_until_paused(["index", "sync", "--index", idx, "--images", more, "--device", "cpu", "--quiet"], phase)
+    assert _leftovers(idx)
+    with open_index(idx) as h:
+        assert len(h) == 20 and h.search_vectors(np.asarray(h.vectors()[:1]), k=1)[0][0].id == 0
+    sync_index(idx, more, device="cpu", progress=False)
     with open_index(idx) as h:
         assert len(h) == 30
     assert _leftovers(idx) == []

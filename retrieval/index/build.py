@@ -20,7 +20,7 @@ from hebb.errors import UserError
 from retrieval.features import FIT_SAMPLES, FeatureExtractor, describe
 from retrieval.index.backends import FAISS_MISSING, load_vectors, make_faiss_index, new_faiss_index, require_faiss
 from retrieval.index.directory import (FAISS_FILE, ITEMS_FILE, MANIFEST_FILE, OWNER_FILE, PROJECTION_FILE,
-                                       VECTORS_FILE, clean_stale_tmp, finish_tmp_dir, is_replaceable,
+                                       VECTORS_FILE, clean_stale_tmp, is_replaceable,
                                        new_tmp_dir, partial_path, pause_at, read_manifest,
                                        reading, recover, save_npz, swap_in, write_manifest)
 from retrieval.index.extract import collect, extract_chunks, fit_projection, listing_digest, prepare_workdir
@@ -181,7 +181,6 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
             extra=dict(extra or {}),
         )
         write_manifest(tmp, manifest)
-        finish_tmp_dir(tmp)
         swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -241,7 +240,6 @@ def add_to_index(index_dir, images, device="auto", progress: bool = True, data_d
             manifest.additions.append({"source": source.spec, "added": int(len(vectors)), "time": utc_now(),
                                        "seconds": round(time.perf_counter() - t_start, 2)})
             write_manifest(tmp, manifest)
-            finish_tmp_dir(tmp)
             swap_in(tmp, index_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -269,7 +267,6 @@ def repair_index(index_dir) -> Manifest:
         manifest.has_faiss_file = True
         manifest.faiss_version = getattr(faiss, "__version__", None)
         write_manifest(tmp, manifest)
-        finish_tmp_dir(tmp)
         swap_in(tmp, index_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

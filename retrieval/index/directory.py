@@ -153,7 +153,9 @@ def swap_in(tmp: Path, out: Path) -> None:
         shutil.rmtree(backup)
     if out.exists():
         os.replace(out, backup)
+        pause_at("swap")  # between the two renames: `recover` must bring the old index back
     os.replace(tmp, out)
+    (out / OWNER_FILE).unlink(missing_ok=True)  # kept until here, so that a dead run's folder stays removable
     shutil.rmtree(backup, ignore_errors=True)
 
 
@@ -166,11 +168,6 @@ def new_tmp_dir(out: Path, what: str) -> Path:
     os.chmod(tmp, 0o777 & ~umask)
     write_json(tmp / OWNER_FILE, _owner_record(os.getpid()))
     return tmp
-
-
-def finish_tmp_dir(tmp: Path) -> None:
-    """Drop the owner record before `tmp` becomes the index."""
-    (tmp / OWNER_FILE).unlink(missing_ok=True)
 
 
 def save_npz(path: Path, **arrays) -> None:

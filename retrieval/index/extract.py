@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from retrieval.features import FIT_SAMPLES, FeatureExtractor
-from retrieval.index.directory import PROJECTION_FILE, save_npz, write_json
+from retrieval.index.directory import PROJECTION_FILE, pause_at, save_npz, write_json
 from retrieval.sources import ImageSource, read_chunk
 
 
@@ -117,6 +117,7 @@ def extract_chunks(source: ImageSource, ext: FeatureExtractor, work: Path, known
                      skipped=np.asarray(json.dumps(chunk.skipped)),
                      known=np.asarray(json.dumps(chunk.known)))
             chunks[n] = _load_chunk(f)
+            pause_at("extract")
             spent += time.perf_counter() - t0
             processed += len(positions)
             bar.update(len(positions))

@@ -25,8 +25,9 @@ import retrieval.index.backends as backends
 from hebb.errors import UserError
 from retrieval.index.backends import load_vectors, make_faiss_index
 from retrieval.index.build import CHUNK_SIZE, copy_index_files, utc_now
-from retrieval.index.directory import (FAISS_FILE, ITEMS_FILE, VECTORS_FILE, clean_stale_tmp, finish_tmp_dir,
-                                       new_tmp_dir, partial_path, read_manifest, reading, swap_in, write_manifest)
+from retrieval.index.directory import (FAISS_FILE, ITEMS_FILE, VECTORS_FILE, clean_stale_tmp,
+                                       new_tmp_dir, partial_path, pause_at, read_manifest, reading, swap_in,
+                                       write_manifest)
 from retrieval.index.extract import collect, extract_chunks, listing_digest, prepare_workdir
 from retrieval.index.manifest import HOLES_VERSION
 from retrieval.index.model import index_extractor, resolve_device
@@ -119,6 +120,7 @@ def sync_index(index_dir, images, device="auto", progress: bool = True, batch_si
     try:
         copy_index_files(index_dir, manifest, tmp, (VECTORS_FILE, FAISS_FILE, ITEMS_FILE))
         np.save(tmp / VECTORS_FILE, rows)
+        pause_at("write")
         if (index_dir / FAISS_FILE).is_file():
             faiss = backends.require_faiss("this index has a FAISS file to rewrite")
             faiss.write_index(make_faiss_index(rows, manifest.factory), str(tmp / FAISS_FILE))
@@ -135,7 +137,6 @@ def sync_index(index_dir, images, device="auto", progress: bool = True, batch_si
                                    "removed": len(gone), "moved": len(moves), "time": utc_now(),
                                    "seconds": round(time.perf_counter() - t_start, 2)})
         write_manifest(tmp, manifest)
-        finish_tmp_dir(tmp)
         swap_in(tmp, index_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
