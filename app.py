@@ -189,6 +189,58 @@ def index_tab(handle, index_dir: Path, version: float) -> None:
         st.dataframe(skipped, hide_index=True, width="stretch")
 
 
+@st.cache_data(show_spinner="Comparing every pair of images…", max_entries=8)
+def duplicate_groups(index_dir: str, version: float, threshold: float) -> dict:
+    from retrieval.index import find_duplicates
+
+    return find_duplicates(index_dir, threshold=threshold)
+
+
+def duplicates_tab(index_dir: Path, version: float, max_groups: int = 30) -> None:
+    from retrieval.index.duplicates import DEFAULT_THRESHOLD
+
+    threshold = st.slider("Near-duplicate threshold (cosine)", 0.80, 1.0, DEFAULT_THRESHOLD, 0.005,
+                          key="dup_threshold", help="images whose features are at least this similar are grouped")
+    if not st.toggle("Find duplicates", key="dup_on", help="compares every pair of indexed images (seconds for "
+                     "tens of thousands)"):
+        st.caption("Identical files (same bytes) were found when the index was built; near duplicates are "
+                   "grouped by the cosine of their features.")
+        return
+    try:
+        groups = duplicate_groups(str(index_dir), version, float(threshold))
+    except UserError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return
+    except Exception:
+        log.exception("duplicates of %s failed", index_dir)
+        st.error("Something went wrong while looking for duplicates. The details are in the server's log.",
+                 icon=":material/error:")
+        return
+    exact, near = groups["exact"], groups["near"]
+    st.markdown(f"**{len(exact)}** group(s) of identical files, **{len(near)}** group(s) of near duplicates "
+                f"at cosine ≥ {threshold:.3f}" + (f" (the first {max_groups} shown)" if len(near) > max_groups else ""))
+    for n, paths in enumerate(exact[:max_groups]):
+        with st.container(border=True):
+            st.caption(f"identical files · {len(paths)}")
+            show_paths(paths, f"x{n}")
+    for n, group in enumerate(near[:max_groups]):
+        with st.container(border=True):
+            st.caption(f"near duplicates · {len(group['items'])} images · lowest cosine {group['min_score']:.3f}")
+            show_paths([item["path"] for item in group["items"]], f"n{n}")
+
+
+def show_paths(paths: list[str], key: str) -> None:
+    grid = st.grid("auto", min_column_width=110, gap="small")
+    for path in paths[:12]:
+        with grid.cell():
+            thumb = result_thumbnail(path)
+            if thumb is None:
+                st.caption(":material/broken_image: file missing")
+            else:
+                st.image(thumb, width="stretch")
+            st.caption(Path(path).name)
+
+
 def evaluation_tab(root: Path) -> None:
     reports = appkit.list_reports(root)
     if not reports:
@@ -217,8 +269,8 @@ def main() -> None:
         k = st.slider("Results per query (k)", 1, 50, 10, key="k")
         st.caption(f"Indexes in `{root}`")
 
-    search, evaluation, about = st.tabs([":material/search: Search", ":material/analytics: Evaluation",
-                                         ":material/dataset: Index"])
+    search, evaluation, about, dups = st.tabs([":material/search: Search", ":material/analytics: Evaluation",
+                                               ":material/dataset: Index", ":material/content_copy: Duplicates"])
     with evaluation:  # first: it needs no model, so it shows while the index loads
         evaluation_tab(appkit.reports_root())
     handle = None
@@ -239,6 +291,11 @@ def main() -> None:
             index_tab(handle, index_dir, version)
         elif not names:
             no_index_message(root)
+        else:
+            st.caption("No index open.")
+    with dups:
+        if handle is not None:
+            duplicates_tab(index_dir, version)
         else:
             st.caption("No index open.")
 

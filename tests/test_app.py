@@ -288,3 +288,20 @@ def test_evaluation_tab_opens_on_the_main_report_and_labels_the_others(tmp_path)
     assert [r.name for r in reports] == ["cifar10", "cifar10-cpu-1pct", "cifar10-cpu-smoke"]
     assert [r.kind for r in reports] == ["main", "partial", "smoke"]
     assert "main report" in reports[0].title and "smoke run" in reports[2].title
+
+
+def test_duplicates_tab_groups_identical_and_similar_images(page):
+    at = page.run()
+    tab = at.tabs[3]
+    assert any("Identical files" in c.value for c in tab.caption)  # nothing computed until asked
+    tab.toggle(key="dup_on").set_value(True)
+    at = at.run()
+    assert not at.exception
+    summary = next(m.value for m in at.tabs[3].markdown if "group(s) of identical files" in m.value)
+    exact, near = (int(v) for v in re.findall(r"\*\*(\d+)\*\* group", summary))
+    assert near >= 0 and exact >= 0
+    at.slider(key="dup_threshold").set_value(0.8)
+    at = at.run()
+    summary = next(m.value for m in at.tabs[3].markdown if "group(s) of identical files" in m.value)
+    assert int(re.findall(r"\*\*(\d+)\*\* group", summary)[1]) >= near  # a lower threshold joins more
+    assert len(at.tabs[3].get("image")) > 0
