@@ -208,3 +208,25 @@ def test_missing_pymilvus_is_a_one_line_error(tiny_model, tmp_path, monkeypatch)
 
     with pytest.raises(UserError, match="pymilvus is not installed"):
         require_pymilvus()
+
+
+def test_sync_keeps_the_collection_equal_to_the_item_table(tiny_model, cifar_splits, tmp_path):
+    _need_milvus()
+    folder = tmp_path / "photos"
+    files = write_folder(folder, cifar_splits["train"], 2)
+    idx = tmp_path / "idx"
+    build_index(tiny_model, folder, idx, backend="milvus", device="cpu", progress=False, **FAST)
+    spare = write_folder(tmp_path / "spare", cifar_splits["train"], 1, offset=10)
+    for f in files[:3]:
+        f.unlink()
+    shutil.copy(spare[0], folder / spare[0].name)
+    moved = files[5].with_name("renamed.jpg")
+    files[5].rename(moved)
+    assert main(["index", "sync", "--index", str(idx), "--images", str(folder), "--device", "cpu", "--quiet"]) == 0
+    m = read_manifest(idx)
+    assert (m.item_count, m.deleted_rows) == (18, 3)
+    queries = _unit(4, m.dimension, 5)
+    name, got = _results(idx, queries, k=30)
+    assert name == "milvus" and all(len(row) == 18 for row in got)
+    assert str(moved.resolve()) in {p for row in got for _, p, _ in row}  # the moved file's new path
+    _equal(got, _results(idx, queries, k=30, backend="torch")[1])

@@ -187,8 +187,9 @@ def _info(args: argparse.Namespace) -> int:
 
 def _search_line(m) -> str:
     if m.backend == "milvus":
-        return (f"search     Milvus {m.factory} {m.milvus.get('index_params') or ''}, IP on L2-normalised vectors "
-                f"(cosine), collection {m.milvus['collection']} at {m.milvus['uri']}")
+        params = "".join(f" {k}={v}" for k, v in (m.milvus.get("index_params") or {}).items())
+        return (f"search     Milvus {m.factory}{params}, IP on L2-normalised vectors (cosine), collection "
+                f"{m.milvus['collection']} at {m.milvus['uri']}")
     return (f"search     {m.factory}, {m.metric} on L2-normalised vectors (cosine), faiss "
             f"{m.faiss_version or 'not used'}")
 

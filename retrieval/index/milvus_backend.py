@@ -38,6 +38,8 @@ HNSW_BUILD = {"M": 32, "efConstruction": 200}
 DEFAULT_EF, DEFAULT_NPROBE = 64, 16
 MODEL_PROPERTY, DIM_PROPERTY = "hebbir.model_checksum", "hebbir.dimension"
 INSERT_BATCH, QUERY_BATCH = 5000, 1024
+#: Milvus answers at most this many neighbours per query.
+MAX_TOPK = 16384
 CONNECT_TIMEOUT_S = 10.0
 TOKEN_ENV = "HEBBIR_MILVUS_TOKEN"
 PATH_MAX, LABEL_MAX = 4096, 512
@@ -110,9 +112,11 @@ _lite_lock = threading.Lock()
 
 
 def _lite_locked_elsewhere(path: str) -> bool:
+    from milvus_lite.server_manager import server_manager_instance
+
     lock = Path(path) / "LOCK"
-    if not lock.is_file():
-        return False
+    if not lock.is_file() or path in getattr(server_manager_instance, "_servers", {}):
+        return False  # a server of this process holds it: pymilvus reuses that one
     with open(lock, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -381,7 +385,7 @@ class MilvusBackend:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (Q, k'): k' = min(k, items); missing places are id -1, score -inf."""
-        k = min(k, len(self))
+        k = min(k, len(self), MAX_TOPK)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         scores = np.full((len(queries), k), -np.inf, np.float32)
         ids = np.full((len(queries), k), -1, np.int64)
