@@ -4,8 +4,10 @@ check on the collection, and one-line errors for an unreachable server and a mis
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +232,36 @@ def test_sync_keeps_the_collection_equal_to_the_item_table(tiny_model, cifar_spl
     assert name == "milvus" and all(len(row) == 18 for row in got)
     assert str(moved.resolve()) in {p for row in got for _, p, _ in row}  # the moved file's new path
     _equal(got, _results(idx, queries, k=30, backend="torch")[1])
+
+
+def test_the_page_searches_a_milvus_index_unchanged(built, folders, tmp_path, monkeypatch):
+    pytest.importorskip("streamlit")
+    import torch
+    from streamlit.testing.v1 import AppTest
+
+    root = tmp_path / "index_data"
+    shutil.copytree(built[0], root / "quickstart")
+    monkeypatch.setenv("HEBBIR_INDEX_DIR", str(root))
+    monkeypatch.setenv("HEBBIR_REPORTS_DIR", str(tmp_path / "no-reports"))
+    threads = torch.get_num_threads()
+    try:
+        at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120).run()
+        assert not at.exception
+        image = sorted(folders[0].glob("*/*.jpg"))[0]
+        at.file_uploader(key="uploads").set_value([(image.name, image.read_bytes(), "image/jpeg")])
+        at = at.run()
+    finally:
+        torch.set_num_threads(threads)
+    assert not at.exception and not at.error
+    scores = [float(m.group(1)) for md in at.markdown if (m := re.match(r"^\*\*#1\*\* · `(-?[0-9.]+)`", md.value))]
+    assert scores and scores[0] == pytest.approx(1.0, abs=1e-3)  # the query is indexed: it comes back first
+
+
+def test_a_handle_opened_after_an_add_sees_the_new_folder(mil, folders):
+    """The page keeps a handle open while `add` swaps a new folder in; reopening must read the new one."""
+    old = open_index(mil)
+    add_to_index(mil, folders[1], device="cpu", progress=False)
+    with open_index(mil) as new:
+        assert len(new.backend) == 40
+        old.close()  # closing the replaced handle leaves the new one's server alone
+        assert len(new.search_vectors(_unit(1, new.dim, 6), k=40)[0]) == 40

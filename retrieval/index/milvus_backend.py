@@ -106,17 +106,24 @@ def choose_index(n_vectors: int, index_type: str = "auto") -> tuple[str, dict]:
 # ----------------------------------------------------------------------------------------------- connections
 
 # Milvus Lite runs in this process, one server per .db folder, holding an exclusive lock on it until released.
-# Handles on the same folder share the server, so it is released when the last of them closes.
-_lite_users: dict[str, int] = {}
+# Clients on the same folder share the server, so it is released when the last of them closes. A server stays
+# bound to the folder it opened: when an add or sync swaps a new folder in under the same path, the next
+# connection stops the old server, so that it reads the new one.
+_lite_servers: dict[str, dict] = {}  # path -> {"users": n, "inode": inode of the folder it serves}
 _lite_lock = threading.Lock()
 
 
-def _lite_locked_elsewhere(path: str) -> bool:
-    from milvus_lite.server_manager import server_manager_instance
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
 
+
+def _locked_by_another_process(path: str) -> bool:
     lock = Path(path) / "LOCK"
-    if not lock.is_file() or path in getattr(server_manager_instance, "_servers", {}):
-        return False  # a server of this process holds it: pymilvus reuses that one
+    if not lock.is_file():
+        return False
     with open(lock, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -126,23 +133,33 @@ def _lite_locked_elsewhere(path: str) -> bool:
     return False
 
 
+def _prepare_lite(uri: str) -> None:
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:
+        raise UserError(LITE_MISSING) from None
+    if not Path(uri).parent.is_dir():
+        raise UserError(f"{uri}: the folder of the Milvus Lite database does not exist")
+    with _lite_lock:
+        server = _lite_servers.get(uri)
+        stale = server is not None and server["inode"] != _inode(uri)
+        if stale:
+            del _lite_servers[uri]
+    if stale:
+        server_manager_instance.release_server(uri)
+    running = uri in getattr(server_manager_instance, "_servers", {})
+    if not running and _locked_by_another_process(uri):
+        raise UserError(f"{uri}: the Milvus Lite database is open in another process (Milvus Lite serves one "
+                        f"process at a time); close it there, or use a Milvus server")
+
+
 def connect(uri: str):
     """A `MilvusClient` on `uri` (resolved already), with a one-line `UserError` when that fails. A server's
     token (user:password, or an API key) comes from $HEBBIR_MILVUS_TOKEN, never from the manifest."""
     pymilvus = require_pymilvus()
     local = not is_server(uri)
     if local:
-        try:
-            import milvus_lite  # noqa: F401
-        except ImportError:
-            raise UserError(LITE_MISSING) from None
-        if not Path(uri).parent.is_dir():
-            raise UserError(f"{uri}: the folder of the Milvus Lite database does not exist")
-        with _lite_lock:
-            first = _lite_users.get(uri, 0) == 0
-        if first and _lite_locked_elsewhere(uri):
-            raise UserError(f"{uri}: the Milvus Lite database is open in another process (Milvus Lite serves one "
-                            f"process at a time); close it there, or use a Milvus server")
+        _prepare_lite(uri)
     token = os.environ.get(TOKEN_ENV) if not local else None
     kwargs = {"token": token} if token else {}
     try:
@@ -152,7 +169,9 @@ def connect(uri: str):
         raise UserError(f"cannot reach Milvus at {uri}: {why.splitlines()[0] if why else type(exc).__name__}") from None
     if local:
         with _lite_lock:
-            _lite_users[uri] = _lite_users.get(uri, 0) + 1
+            server = _lite_servers.setdefault(uri, {"users": 0, "inode": _inode(uri)})
+            server["users"] += 1
+        client._hebbir_lite_server = server
     return client
 
 
@@ -162,17 +181,18 @@ def disconnect(client, uri: str) -> None:
         client.close()
     except Exception:  # a client whose server is gone cannot fail to close in any way that matters
         pass
-    if is_server(uri):
+    server = getattr(client, "_hebbir_lite_server", None)
+    if server is None:
         return
     with _lite_lock:
-        users = _lite_users.get(uri, 0) - 1
-        if users > 0:
-            _lite_users[uri] = users
-            return
-        _lite_users.pop(uri, None)
-    from milvus_lite.server_manager import server_manager_instance
+        server["users"] -= 1
+        last = server["users"] <= 0 and _lite_servers.get(uri) is server  # not a server already replaced
+        if last:
+            del _lite_servers[uri]
+    if last:
+        from milvus_lite.server_manager import server_manager_instance
 
-    server_manager_instance.release_server(uri)
+        server_manager_instance.release_server(uri)
 
 
 def _call(what: str, uri: str, fn, *args, **kwargs):
