@@ -265,3 +265,13 @@ def test_a_handle_opened_after_an_add_sees_the_new_folder(mil, folders):
         assert len(new.backend) == 40
         old.close()  # closing the replaced handle leaves the new one's server alone
         assert len(new.search_vectors(_unit(1, new.dim, 6), k=40)[0]) == 40
+
+
+def test_a_manifest_cannot_point_the_lite_database_outside_the_index(built):
+    from retrieval.index.manifest import ManifestError
+
+    data = json.loads((built[0] / "manifest.json").read_text())
+    for uri in ("../other/milvus.db", "sub/milvus.db", ".hidden.db"):
+        data["milvus"]["uri"] = uri
+        with pytest.raises(ManifestError, match="plain file name inside the index"):
+            Manifest.from_dict(data)

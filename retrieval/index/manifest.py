@@ -132,6 +132,11 @@ class Manifest:
         if self.backend == "milvus" and not (isinstance(self.milvus, dict) and isinstance(self.milvus.get("uri"), str)
                                              and isinstance(self.milvus.get("collection"), str)):
             raise ManifestError("a milvus index needs a field milvus with its uri and collection")
+        if self.backend == "milvus":
+            uri = self.milvus["uri"]
+            relative = not uri.startswith(("http://", "https://", "tcp://", "/"))
+            if relative and ("/" in uri or "\\" in uri or uri.startswith(".")):
+                raise ManifestError(f"milvus uri {uri!r}: a relative name must be a plain file name inside the index")
 
     # ------------------------------------------------------------------ dict-style reading
 
