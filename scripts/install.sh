@@ -29,7 +29,8 @@ fi
 
 # One faiss only: the GPU build where an NVIDIA driver answers, the CPU build otherwise.
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then extra=gpu; else extra=cpu; fi
-[ "$dev" = 1 ] && extras="$extra,dev" || extras="$extra"
+# --dev adds the test tools and the Milvus backend (pymilvus + the embedded Milvus Lite), so that its tests run.
+[ "$dev" = 1 ] && extras="$extra,dev,milvus" || extras="$extra"
 echo "==> installing hebbir[$extras]"
 pip install -q -e ".[$extras]"
 

@@ -38,6 +38,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--dim", type=positive_int, default=None, help="PCA output size (default: per layer, 256)")
     b.add_argument("--factory", default="Flat",
                    help="faiss index_factory string, e.g. IVF1024,Flat or HNSW32 (default: Flat = exact)")
+    b.add_argument("--backend", default="faiss", choices=["faiss", "milvus"],
+                   help="where the vectors are searched: a FAISS file in the index (default), or a Milvus "
+                        "collection (needs pip install 'hebbir[milvus]')")
+    b.add_argument("--milvus-uri", default=None, metavar="URI",
+                   help="with --backend milvus: a .db file for the embedded Milvus Lite (default milvus.db, a plain "
+                        "name is taken inside the index directory) or http(s)://HOST:PORT of a Milvus server "
+                        "(token, if any, from $HEBBIR_MILVUS_TOKEN)")
+    b.add_argument("--milvus-collection", default=None, metavar="NAME",
+                   help="with --backend milvus: the collection's name (default hebbir_ + the index folder name)")
+    b.add_argument("--milvus-index", default="auto", choices=["auto", "FLAT", "HNSW", "IVF_FLAT"],
+                   help="with --backend milvus: the index type (default auto: exact FLAT below 100,000 vectors, "
+                        "HNSW above)")
     b.add_argument("--batch-size", type=positive_int, default=256,
                    help="images per forward pass (default 256; use about 16 for imagenet10 models, whose layer-1 "
                         "activations take 16 MB per image)")
@@ -84,7 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.set_defaults(func=_info)
 
     r = isub.add_parser("repair", help="rewrite a damaged index.faiss from vectors.npy",
-                        description="Rewrite an index's FAISS file from its vectors (vectors.npy), atomically. "
+                        description="Rewrite an index's FAISS file (or reload its Milvus collection) from its "
+                                    "vectors (vectors.npy), atomically. "
                                     "Damage to any other file needs a rebuild (hebbir index build --force).")
     r.add_argument("--index", required=True, type=Path, help="index directory")
     r.set_defaults(func=_repair)
@@ -120,7 +133,9 @@ def _build(args: argparse.Namespace) -> int:
         m = build_index(args.model, args.images, args.out, layer=args.layer, pooling=args.pooling,
                         projection=args.projection, dim=args.dim, factory=args.factory, device=args.device,
                         batch_size=args.batch_size, progress=not args.quiet, data_dir=args.data_dir,
-                        force=args.force, exclude=args.exclude)
+                        force=args.force, exclude=args.exclude, backend=args.backend,
+                        milvus_uri=args.milvus_uri, milvus_collection=args.milvus_collection,
+                        milvus_index=args.milvus_index)
     except KeyboardInterrupt:
         return _interrupted("build")
     _print_problems(m.skipped, m.duplicates)
@@ -155,8 +170,7 @@ def _info(args: argparse.Namespace) -> int:
         f"index      {args.index}",
         f"items      {m.item_count:,} from {m.source}",
         f"features   {m.description}",
-        f"search     {m.factory}, {m.metric} on L2-normalised vectors (cosine), faiss "
-        f"{m.faiss_version or 'not used'}",
+        _search_line(m),
         f"model      {m.architecture} {m.model_meta.get('stage') or ''} sha256 {m.model_checksum[:12]} "
         f"(copy: {m.model_file}; from {m.model_source})",
         f"built      {m.created} in {m.build_time_s or 0:.1f} s on {m.device}"
@@ -169,6 +183,15 @@ def _info(args: argparse.Namespace) -> int:
     for s in m.skipped[:5]:
         print(f"  {s['path']}: {s['reason']}")
     return 0
+
+
+def _search_line(m) -> str:
+    if m.backend == "milvus":
+        params = "".join(f" {k}={v}" for k, v in (m.milvus.get("index_params") or {}).items())
+        return (f"search     Milvus {m.factory}{params}, IP on L2-normalised vectors (cosine), collection "
+                f"{m.milvus['collection']} at {m.milvus['uri']}")
+    return (f"search     {m.factory}, {m.metric} on L2-normalised vectors (cosine), faiss "
+            f"{m.faiss_version or 'not used'}")
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -197,5 +220,9 @@ def _repair(args: argparse.Namespace) -> int:
     from retrieval.index import repair_index
 
     m = repair_index(args.index)
-    print(f"rewrote {args.index}/index.faiss ({m.factory}, {m.item_count:,} vectors) from vectors.npy")
+    if m.backend == "milvus":
+        print(f"reloaded Milvus collection {m.milvus['collection']} ({m.factory}, {m.item_count:,} vectors) "
+              f"from vectors.npy")
+    else:
+        print(f"rewrote {args.index}/index.faiss ({m.factory}, {m.item_count:,} vectors) from vectors.npy")
     return 0

@@ -24,10 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index", required=True, type=Path, help="index directory")
     p.add_argument("--k", type=positive_int, default=10, help="results per query (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--nprobe", type=positive_int, default=None, help="IVF lists to visit (IVF indexes only)")
-    p.add_argument("--ef-search", type=positive_int, default=None, help="HNSW search breadth (HNSW only)")
-    p.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch"],
-                   help="search engine: faiss, or exact torch (default: faiss when installed)")
+    p.add_argument("--nprobe", type=positive_int, default=None, help="IVF lists to visit (IVF indexes only, faiss or Milvus)")
+    p.add_argument("--ef-search", type=positive_int, default=None, help="HNSW search breadth (HNSW only, faiss or Milvus)")
+    p.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch", "milvus"],
+                   help="search engine: faiss, exact torch, or the Milvus collection of an index built with "
+                        "--backend milvus (default: what the index was built with; faiss when installed)")
     add_device(p)
     p.set_defaults(func=_search)
 

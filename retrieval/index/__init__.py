@@ -7,7 +7,8 @@ Modules, each with one job (none imports this package's `__init__`, so any of th
   - `model`: checkpoints, model checks, the index's feature extractor;
   - `extract`: checkpointed feature extraction (resumable builds);
   - `build`: `build_index`, `add_to_index`, `repair_index`;
-  - `sync`: `sync_index`, an index brought up to date with a folder that changed;
+  - `milvus_backend`: Milvus (Lite or a server) as the search backend of an index built with it;
+  - `sync`: `sync_index`, an index brought up to date with a folder that changed; `delete_items`;
   - `handle`: `open_index(path) -> IndexHandle` and `check_index`;
   - `duplicates`: `find_duplicates`, groups of identical and nearly identical images.
 The names below are the public API the command line, the page and the evaluation use. They load on first
@@ -30,7 +31,7 @@ _EXPORTS = {
     "manifest": ["FORMAT_VERSION", "METRIC", "Manifest", "ManifestError"],
     "model": ["DEFAULT_LAYER", "architecture_of", "check_model", "default_layer", "index_extractor", "load_model",
               "resolve_device"],
-    "sync": ["sync_index"],
+    "sync": ["delete_items", "sync_index"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)
@@ -61,4 +62,4 @@ if TYPE_CHECKING:
     from retrieval.index.manifest import FORMAT_VERSION, METRIC, Manifest, ManifestError
     from retrieval.index.model import (DEFAULT_LAYER, architecture_of, check_model, default_layer,
                                        index_extractor, load_model, resolve_device)
-    from retrieval.index.sync import sync_index
+    from retrieval.index.sync import delete_items, sync_index

@@ -20,7 +20,7 @@ from hebb.errors import UserError
 from retrieval.index.directory import FAISS_FILE, VECTORS_FILE, reading
 from retrieval.index.manifest import Manifest
 
-BACKENDS = ("auto", "faiss", "torch")
+BACKENDS = ("auto", "faiss", "torch", "milvus")
 FAISS_MISSING = ("faiss is not installed: install it with pip install 'hebbir[cpu]' "
                  "(or 'hebbir[gpu]' on a CUDA machine)")
 
@@ -190,6 +190,15 @@ def make_backend(index_dir: Path, manifest: Manifest, backend: str = "auto", dev
     if backend not in BACKENDS:
         raise UserError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
     device = torch.device(device)
+    if backend == "auto" and manifest.backend == "milvus":
+        backend = "milvus"
+    if backend == "milvus":
+        if manifest.backend != "milvus":
+            raise UserError(f"{index_dir}: a faiss index has no Milvus collection; build one with "
+                            f"hebbir index build --backend milvus")
+        from retrieval.index.milvus_backend import MilvusBackend
+
+        return MilvusBackend(index_dir, manifest)
     faiss_file = index_dir / FAISS_FILE
     faiss = faiss_or_none()
     if backend == "auto":

@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 import retrieval.index.backends as backends
+import retrieval.index.milvus_backend as milvus_backend
 from hebb.errors import UserError
 from retrieval.features import FIT_SAMPLES, FeatureExtractor, describe
 from retrieval.index.backends import FAISS_MISSING, load_vectors, make_faiss_index, new_faiss_index, require_faiss
@@ -51,10 +52,14 @@ def copy_model(model: Path, dest_dir: Path) -> str:
 
 
 def copy_index_files(index_dir: Path, manifest: Manifest, dest: Path, rewritten: Sequence[str]) -> None:
-    """Copy the files of `index_dir` into `dest`, except the manifest and the `rewritten` ones."""
+    """Copy the files of `index_dir` into `dest`, except the manifest and the `rewritten` ones (and the
+    Milvus Lite database of a milvus index, a folder, with the rest)."""
+    lite_db = milvus_backend.local_db_name(manifest)
     for f in index_dir.iterdir():
         if f.name == manifest.model_file:
             copy_model(f, dest)
+        elif f.name == lite_db and f.name not in rewritten and f.is_dir() and not f.is_symlink():
+            shutil.copytree(f, dest / f.name)
         elif f.is_file() and f.name not in (*rewritten, MANIFEST_FILE, OWNER_FILE):
             shutil.copy2(f, dest / f.name)
 
@@ -90,7 +95,9 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
                 factory: str = "Flat", device="auto", batch_size: int = 256, progress: bool = True,
                 projection: str | None = None, data_dir=None, force: bool = False,
                 chunk_size: int = CHUNK_SIZE, fit_samples: int = FIT_SAMPLES,
-                exclude: Sequence[str] | None = None, extra: dict | None = None) -> Manifest:
+                exclude: Sequence[str] | None = None, extra: dict | None = None, backend: str = "faiss",
+                milvus_uri: str | None = None, milvus_collection: str | None = None,
+                milvus_index: str = "auto") -> Manifest:
     """Build the index directory `out` from the images of `images` with features of checkpoint `model`.
 
     `images` is an image folder, a dataset `NAME[:train|val|test]` of the data directory, or an already
@@ -99,12 +106,22 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
     default per architecture and layer (the architecture registry's `reductions`, `hebb.architectures`). `factory` is "Flat" (exact) or
     any faiss `index_factory` string. The PCA is fitted on a seeded sample of `fit_samples` images. An
     existing index at `out` is replaced only with `force`, and nothing that is not an index ever is.
-    `extra`: more manifest fields (JSON-able) to record. Returns the manifest.
+    `extra`: more manifest fields (JSON-able) to record. `backend` "milvus" puts the vectors into a Milvus
+    collection instead of index.faiss: `milvus_uri` a .db file (Milvus Lite; default milvus.db inside the
+    index) or a server's http(s) address, `milvus_collection` its name (default from the folder name),
+    `milvus_index` auto (FLAT, HNSW from 100,000 vectors), FLAT, HNSW or IVF_FLAT. Returns the manifest.
     """
     t_start = time.perf_counter()
     out, model = Path(out), Path(model)
     recover(out)
     check_out_dir(out, force)
+    if backend not in ("faiss", "milvus"):
+        raise UserError(f"unknown backend '{backend}' (choose from faiss, milvus)")
+    milvus = None
+    if backend == "milvus":
+        if factory != "Flat":
+            raise UserError("--factory chooses a faiss index type; a milvus index takes --milvus-index")
+        milvus = milvus_backend.new_config(out, milvus_uri, milvus_collection, milvus_index, force)
     if factory != "Flat":
         require_faiss(f"index type {factory}")
     device = resolve_device(device)
@@ -134,8 +151,8 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
         raise UserError(f"{images}: none of the {len(source)} files could be read as an image "
                         f"(first problem: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else
                         f"{images}: no images")
-    faiss = backends.faiss_or_none()
-    if faiss is None and factory == "Flat" and progress:
+    faiss = backends.faiss_or_none() if backend == "faiss" else None
+    if faiss is None and backend == "faiss" and factory == "Flat" and progress:
         print(f"note: {FAISS_MISSING}; writing vectors only (searches use the exact torch backend)")
     tmp = new_tmp_dir(out, "building")
     try:
@@ -147,6 +164,10 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
                                        for i, (p, h) in enumerate(zip(positions, hashes))))
         if ext.state is not None:
             save_npz(tmp / PROJECTION_FILE, **ext.state_arrays())
+        if milvus is not None:
+            milvus = milvus_backend.create_collection(
+                tmp, milvus, int(vectors.shape[1]), checksum, range(len(vectors)), vectors,
+                [(source.paths[p], source.labels[p], h) for p, h in zip(positions, hashes)], force=force)
         model_file = copy_model(model, tmp)
         manifest = Manifest(
             format_version=FORMAT_VERSION,
@@ -162,7 +183,7 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
             dimension=int(vectors.shape[1]),
             description=describe(ext.config()),
             metric=METRIC,
-            factory=factory,
+            factory=milvus["index_type"] if milvus else factory,
             faiss_version=getattr(faiss, "__version__", None) if faiss else None,
             has_faiss_file=faiss is not None,
             source=source.spec,
@@ -178,6 +199,8 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
             skipped=source.skipped + skipped,
             duplicates=duplicates,
             additions=[],
+            backend=backend,
+            milvus=milvus,
             extra=dict(extra or {}),
         )
         write_manifest(tmp, manifest)
@@ -233,6 +256,10 @@ def add_to_index(index_dir, images, device="auto", progress: bool = True, data_d
                 backends.require_faiss().write_index(faiss_index, str(tmp / FAISS_FILE))
             write_items(tmp / ITEMS_FILE, ((next_id + i, source.paths[p], source.labels[p], h)
                                            for i, (p, h) in enumerate(zip(positions, hashes))))
+            if manifest.backend == "milvus":
+                milvus_backend.update_collection(
+                    tmp, manifest, upsert_ids=range(next_id, next_id + len(vectors)), vectors=vectors,
+                    items=[(source.paths[p], source.labels[p], h) for p, h in zip(positions, hashes)])
             manifest.item_count = int(manifest.item_count + len(vectors))
             manifest.updated = utc_now()
             manifest.skipped = manifest.skipped + skipped
@@ -250,7 +277,8 @@ def add_to_index(index_dir, images, device="auto", progress: bool = True, data_d
 
 
 def repair_index(index_dir) -> Manifest:
-    """Rewrite `index.faiss` from `vectors.npy` (the index type of the manifest), atomically.
+    """Rewrite `index.faiss` from `vectors.npy` (the index type of the manifest), atomically; for a milvus
+    index, recreate its collection from `vectors.npy` and the item table instead.
 
     The FAISS file holds nothing the vectors do not, so a damaged or missing one costs only this; damage to
     any other file still needs a rebuild.
@@ -259,6 +287,8 @@ def repair_index(index_dir) -> Manifest:
     manifest = read_manifest(index_dir)
     clean_stale_tmp(index_dir)
     vectors = load_vectors(index_dir, manifest, mmap=False)
+    if manifest.backend == "milvus":
+        return _reload_collection(index_dir, manifest, vectors)
     faiss = require_faiss("to write index.faiss")
     tmp = new_tmp_dir(index_dir, "repairing")
     try:
@@ -273,3 +303,24 @@ def repair_index(index_dir) -> Manifest:
         raise
     return manifest
 
+
+
+def _reload_collection(index_dir: Path, manifest: Manifest, vectors: np.ndarray) -> Manifest:
+    """Recreate the Milvus collection of `index_dir` from its vectors and item table (a fresh Milvus Lite file)."""
+    with reading(index_dir / ITEMS_FILE), ItemStore(index_dir / ITEMS_FILE) as store:
+        items = store.all()
+    lite_db = milvus_backend.local_db_name(manifest)
+    tmp = new_tmp_dir(index_dir, "repairing")
+    try:
+        copy_index_files(index_dir, manifest, tmp, (lite_db,) if lite_db else ())
+        ids = [it.id for it in items]
+        config = dict(manifest.milvus, index_type=manifest.milvus.get("index_type", "auto"))
+        manifest.milvus = milvus_backend.create_collection(
+            tmp, config, manifest.dimension, manifest.model_checksum, ids, vectors[ids],
+            [(it.path, it.label, it.sha256) for it in items], force=True)
+        write_manifest(tmp, manifest)
+        swap_in(tmp, index_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest

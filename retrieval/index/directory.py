@@ -4,6 +4,7 @@ An index directory holds
 
     manifest.json       the `Manifest` (format version, model checksum, features, item count, times, ...)
     index.faiss         the FAISS index (ids = row numbers); absent when built without faiss installed
+    milvus.db/          the Milvus Lite database of a milvus index (`retrieval.index.milvus_backend`)
     vectors.npy         the same vectors as float32 (N, d): the torch backend and `add` read them without faiss
     items.sqlite        id -> path, label, sha256 of the file bytes (unique)
     projection.npz      the fitted PCA, when the features use one
@@ -40,10 +41,12 @@ MANIFEST_FILE = "manifest.json"
 FAISS_FILE = "index.faiss"
 VECTORS_FILE = "vectors.npy"
 PROJECTION_FILE = "projection.npz"
+#: The default Milvus Lite database of a milvus index (a folder).
+MILVUS_DB = "milvus.db"
 OWNER_FILE = "owner.json"
-TMP_KINDS = ("building", "adding", "syncing", "repairing")
+TMP_KINDS = ("building", "adding", "syncing", "repairing", "deleting")
 #: Files of an index directory besides the model copy (`model.<ext>`).
-INDEX_FILES = (MANIFEST_FILE, FAISS_FILE, VECTORS_FILE, ITEMS_FILE, PROJECTION_FILE)
+INDEX_FILES = (MANIFEST_FILE, FAISS_FILE, VECTORS_FILE, ITEMS_FILE, PROJECTION_FILE, MILVUS_DB)
 #: A temporary folder without an owner record (written by an older hebbir) counts as abandoned after this.
 ORPHAN_AGE_S = 3600.0
 #: Test hook: a writer that reaches the phase named here prints "paused at PHASE" and sleeps.

@@ -60,6 +60,8 @@ class IndexHandle:
 
     def close(self) -> None:
         self.items.close()
+        if hasattr(self.backend, "close"):
+            self.backend.close()
 
     @property
     def dim(self) -> int:
@@ -69,7 +71,7 @@ class IndexHandle:
                           params: str | None = None) -> None:
         """Query-time settings of approximate indexes (ignored by exact ones)."""
         text = search_params(nprobe, ef_search, params)
-        if text and self.backend.name.startswith("faiss"):
+        if text and (self.backend.name.startswith("faiss") or self.backend.name == "milvus"):
             self.backend.set_params(text)
 
     def embed(self, images) -> np.ndarray:
@@ -152,9 +154,14 @@ def open_index(index_dir, device="cpu", backend: str = "auto", model=None, batch
         raise UserError(f"{index_dir}: the model gives {extractor.dim}-d features, the index holds "
                         f"{manifest.dimension}-d vectors")
     engine = make_backend(index_dir, manifest, backend, device)
-    if engine.name != "torch":
-        load_vectors(index_dir, manifest)  # `add`, `vectors()` and the torch backend read it: check it now
-    items = open_items(index_dir, manifest)
+    try:
+        if engine.name != "torch":
+            load_vectors(index_dir, manifest)  # `add`, `vectors()` and the torch backend read it: check it now
+        items = open_items(index_dir, manifest)
+    except BaseException:
+        if hasattr(engine, "close"):
+            engine.close()
+        raise
     return IndexHandle(index_dir, manifest, extractor.net, extractor, items, engine)
 
 
@@ -173,4 +180,6 @@ def check_index(index_dir) -> Manifest:
     if (index_dir / FAISS_FILE).is_file() and backends.faiss_or_none() is not None:
         read_faiss_index(index_dir, manifest)
     open_items(index_dir, manifest).close()
+    if manifest.backend == "milvus":
+        make_backend(index_dir, manifest, "milvus").close()  # reachable, this model's, as many vectors
     return manifest

@@ -21,6 +21,8 @@ HOLES_VERSION = 2
 #: Versions this hebbir reads.
 SUPPORTED_VERSIONS = (1, 2)
 METRIC = "inner_product"
+#: Where an index's vectors are searched (`Manifest.backend`).
+BACKENDS = ("faiss", "milvus")
 
 
 class ManifestError(ValueError):
@@ -60,6 +62,9 @@ class Manifest:
     duplicates: list = field(default_factory=list)
     additions: list = field(default_factory=list)
     deleted_rows: int = 0
+    #: "faiss" (index.faiss / vectors.npy in the folder) or "milvus" (a collection; `milvus` says where).
+    backend: str = "faiss"
+    milvus: dict | None = None
     extra: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -94,6 +99,8 @@ class Manifest:
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        if self.backend == "faiss" and self.milvus is None:
+            del data["backend"], data["milvus"]  # a faiss index's manifest stays what it always was
         data.update({k: v for k, v in self.extra.items() if k not in data})  # a field always wins
         return data
 
@@ -120,6 +127,16 @@ class Manifest:
         if self.deleted_rows and self.format_version < HOLES_VERSION:
             raise ManifestError(f"deleted_rows needs format {HOLES_VERSION}, the manifest says {self.format_version}")
         check_plain_name(self.model_file)
+        if self.backend not in BACKENDS:
+            raise ManifestError(f"backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.backend == "milvus" and not (isinstance(self.milvus, dict) and isinstance(self.milvus.get("uri"), str)
+                                             and isinstance(self.milvus.get("collection"), str)):
+            raise ManifestError("a milvus index needs a field milvus with its uri and collection")
+        if self.backend == "milvus":
+            uri = self.milvus["uri"]
+            relative = not uri.startswith(("http://", "https://", "tcp://", "/"))
+            if relative and ("/" in uri or "\\" in uri or uri.startswith(".")):
+                raise ManifestError(f"milvus uri {uri!r}: a relative name must be a plain file name inside the index")
 
     # ------------------------------------------------------------------ dict-style reading
 

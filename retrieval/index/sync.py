@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 import retrieval.index.backends as backends
+import retrieval.index.milvus_backend as milvus_backend
 from hebb.errors import UserError
 from retrieval.index.backends import load_vectors, make_faiss_index
 from retrieval.index.build import CHUNK_SIZE, copy_index_files, utc_now
@@ -29,7 +30,7 @@ from retrieval.index.directory import (FAISS_FILE, ITEMS_FILE, VECTORS_FILE, cle
                                        new_tmp_dir, partial_path, pause_at, read_manifest, reading, swap_in,
                                        write_manifest)
 from retrieval.index.extract import collect, extract_chunks, listing_digest, prepare_workdir
-from retrieval.index.manifest import HOLES_VERSION
+from retrieval.index.manifest import HOLES_VERSION, Manifest
 from retrieval.index.model import index_extractor, resolve_device
 from retrieval.itemstore import ItemStore, write_items
 from retrieval.sources import open_source
@@ -125,6 +126,10 @@ def sync_index(index_dir, images, device="auto", progress: bool = True, batch_si
             faiss = backends.require_faiss("this index has a FAISS file to rewrite")
             faiss.write_index(make_faiss_index(rows, manifest.factory), str(tmp / FAISS_FILE))
         write_items(tmp / ITEMS_FILE, kept + added)
+        if manifest.backend == "milvus":
+            changed = [(i, *moves[i], by_id[i].sha256) for i in moves if i not in gone] + added
+            milvus_backend.update_collection(tmp, manifest, delete=sorted(gone), upsert_ids=[r[0] for r in changed],
+                                             vectors=rows[[r[0] for r in changed]], items=[r[1:] for r in changed])
         manifest.deleted_rows += len(gone)
         manifest.item_count = len(kept) + len(added)
         if manifest.deleted_rows:
@@ -143,3 +148,44 @@ def sync_index(index_dir, images, device="auto", progress: bool = True, batch_si
         raise
     shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def delete_items(index_dir, ids: Sequence[int]) -> Manifest:
+    """Remove the items `ids` from `index_dir`, atomically: from the item table, the FAISS file or the Milvus
+    collection; their rows of vectors.npy become zero rows (format 2, like a sync). Returns the manifest."""
+    index_dir = Path(index_dir)
+    manifest = read_manifest(index_dir)
+    with reading(index_dir / ITEMS_FILE), ItemStore(index_dir / ITEMS_FILE) as store:
+        items = store.all()
+    present = {it.id for it in items}
+    gone_set = {int(i) for i in ids}
+    gone = sorted(gone_set)
+    unknown = [i for i in gone if i not in present]
+    if unknown:
+        raise UserError(f"{index_dir}: no item with id {', '.join(map(str, unknown[:5]))}")
+    if not gone:
+        return manifest
+    clean_stale_tmp(index_dir)
+    rows = np.array(load_vectors(index_dir, manifest), dtype=np.float32)
+    rows[gone] = 0.0
+    tmp = new_tmp_dir(index_dir, "deleting")
+    try:
+        copy_index_files(index_dir, manifest, tmp, (VECTORS_FILE, FAISS_FILE, ITEMS_FILE))
+        np.save(tmp / VECTORS_FILE, rows)
+        if (index_dir / FAISS_FILE).is_file():
+            faiss = backends.require_faiss("this index has a FAISS file to rewrite")
+            faiss.write_index(make_faiss_index(rows, manifest.factory), str(tmp / FAISS_FILE))
+        write_items(tmp / ITEMS_FILE, [(it.id, it.path, it.label, it.sha256) for it in items if it.id not in gone_set])
+        if manifest.backend == "milvus":
+            milvus_backend.update_collection(tmp, manifest, delete=gone)
+        manifest.deleted_rows += len(gone)
+        manifest.item_count -= len(gone)
+        manifest.format_version = max(manifest.format_version, HOLES_VERSION)
+        manifest.updated = utc_now()
+        manifest.additions.append({"source": "delete_items", "added": 0, "removed": len(gone), "time": utc_now()})
+        write_manifest(tmp, manifest)
+        swap_in(tmp, index_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
