@@ -220,3 +220,12 @@ def test_report_tables_hold_mean_and_interval_per_chosen_layer(tmp_path, monkeyp
     assert "| HPCA | 1% | 20.0 ± 0.0 / 0.100 ± 0.000 | 60.0 ± " in summary   # layer table: 3 then 5
     assert "| HPCA | 20.0 s | 3 | 1m 0s |" in summary               # Table-1 style timings
     assert "matplotlib is not installed" in summary
+
+
+def test_settings_do_not_depend_on_the_grid(tmp_path):
+    """Calls that sweep other methods or read-outs into the same folder must find the same settings."""
+    probes = ev.SweepConfig(out=tmp_path, methods=("softhebb",), readouts=("probe",), share_pretraining=True)
+    finetunes = ev.SweepConfig(out=tmp_path, methods=("sgd",), readouts=("finetune",), regimes=(1, 5),
+                               seeds=(0,), share_pretraining=True)
+    assert probes.settings() == finetunes.settings()
+    assert probes.settings() != ev.SweepConfig(out=tmp_path, methods=("sgd",)).settings()  # sharing is a setting

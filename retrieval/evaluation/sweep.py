@@ -123,8 +123,7 @@ class SweepConfig:
                "finetune_epochs": self.finetune_epochs, "limit": self.limit, "split_seed": self.split_seed,
                "batch_size": self.batch_size, "protocol": "seed",
                "features": {"pooling": self.pooling, "projection": self.projection, "dim": self.dim}}
-        if "probe" in self.readouts:
-            out["probe_epochs"] = self.probe_epochs
+        out["probe_epochs"] = self.probe_epochs  # a setting even when this call runs no probe: folders mix calls
         if self.share_pretraining:
             out["pretraining"] = "shared by the label seeds"
         return out
