@@ -1,6 +1,5 @@
-"""Baselines on the same network (docs/NETWORKS.md#baselines): SGD from scratch, VAE pre-training, random frozen features.
+"""The VAE baseline on the 6-layer net (docs/NETWORKS.md#baselines).
 
-- `train_from_scratch`: a fresh all-G net fine-tuned on the labelled subset with the fine-tuning recipe.
 - `vae_pretrain`: the trunk (layers 1..5) is the encoder of a β-VAE: a linear map from layer 5's 4096 units
   to 256 Gaussian latents (mean, log-variance), a mirror decoder back to the (normalised) image; loss
   MSE + 0.5·KL; SGD with Nesterov momentum 0.9, lr 1e-3 then halved every epoch in the second half, no L2.
@@ -8,8 +7,8 @@
   summed β-VAE loss scaled by 1/3072, which keeps plain SGD at lr 1e-3 stable.
   Then fine-tune the trunk like a Hebbian one. The decoder mirrors cifar6 only: other architectures are refused
   (`check_vae_arch`).
-- `random_frozen`: random R layers, only the classifier (and nothing else) learns; with classifier="H" it is
-  a Hebbian classifier (`hebb.finetune.train_hebbian_classifier`), the 2019 paper's "RRRRRH".
+
+SGD from scratch and random frozen features are methods of the one training recipe (`hebb.recipes`).
 """
 
 from __future__ import annotations
@@ -23,11 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hebb.data import ArraySet, to_float
+from hebb.data import to_float
 from hebb.errors import UserError
-from hebb.finetune import finetune, reference_lr, train_hebbian_classifier
-from hebb.network import ARCHITECTURES, HebbNet, architecture, build_network
-from hebb.pretrain import recalibrate_batchnorm
+from hebb.finetune import reference_lr
+from hebb.network import ARCHITECTURES, HebbNet, architecture
 
 LATENTS = 256
 #: Architectures the VAE baseline has a mirror decoder for.
@@ -39,36 +37,6 @@ def check_vae_arch(arch: str) -> None:
     architecture(arch)  # an unknown name says so
     if arch not in VAE_ARCHS:
         raise UserError(f"VAE pre-training has a decoder for {', '.join(VAE_ARCHS)} only, not '{arch}'")
-
-
-def train_from_scratch(train: ArraySet, val: ArraySet | None, layer: int | None = None, arch: str = "cifar6",
-                       device: torch.device | str = "cpu", seed: int = 0, unlabelled: torch.Tensor | None = None,
-                       **finetune_options) -> tuple[HebbNet, dict]:
-    """SGD from scratch: a fresh all-G net (seeded), input normalisation fitted, then `finetune`.
-
-    layer None: the architecture's top feature layer."""
-    torch.manual_seed(seed)
-    net = build_network(arch, num_classes=len(train.classes), rule="sgd", cut_layer=layer)
-    net.to(device).fit_input(train.images if unlabelled is None else unlabelled, seed=seed)
-    return finetune(net, train, val, layer=layer, device=device, seed=seed, **finetune_options)
-
-
-def random_frozen(train: ArraySet, val: ArraySet | None, layer: int | None = None, arch: str = "cifar6",
-                  device: torch.device | str = "cpu", seed: int = 0, unlabelled: torch.Tensor | None = None,
-                  classifier: str = "G", **train_options) -> tuple[HebbNet, dict]:
-    """Random frozen features: R layers (seeded), BN statistics measured, then only the classifier trains.
-
-    classifier "G": `finetune` (its options in train_options); "H": `train_hebbian_classifier`. layer None:
-    the architecture's top feature layer.
-    """
-    torch.manual_seed(seed)
-    spec = "R" * len(architecture(arch).layers) + classifier.upper()
-    net = build_network(arch, num_classes=len(train.classes), rule="random", spec=spec, cut_layer=layer)
-    images = train.images if unlabelled is None else unlabelled
-    net.to(device).fit_input(images, seed=seed)
-    recalibrate_batchnorm(net, images, device, seed=seed)
-    train_fn = train_hebbian_classifier if net.classifier_kind == "H" else finetune
-    return train_fn(net, train, val, layer=layer, device=device, seed=seed, **train_options)
 
 
 def _up(in_ch: int, out_ch: int, kernel: int, upsample: bool = False) -> list[nn.Module]:
