@@ -294,11 +294,14 @@ PROBE_MILESTONES = (10, 17, 25, 30, 35, 40, 45)
 def fit_linear_head(feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.Tensor | None,
                     val_labels: torch.Tensor | None, num_classes: int, epochs: int = 50, batch_size: int = 64,
                     lr: float = 1e-3, weight_decay: float = 0.0, milestones: tuple[int, ...] = PROBE_MILESTONES,
-                    device: torch.device | str = "cpu", seed: int = 0,
+                    device: torch.device | str = "cpu", seed: int = 0, standardize: bool = False,
                     progress: bool = True) -> tuple[nn.Linear, dict]:
     """Dropout 0.5 + linear head on fixed features (N, d): Adam, lr halved at `milestones`, best val epoch.
 
-    Returns (the best epoch's nn.Linear, stats with val_acc, best_epoch, epochs, epoch_times_s, history).
+    With `standardize`, the head learns on features shifted and scaled to zero mean and unit variance per
+    dimension (statistics of `feats`), and the returned layer has that affine map folded in, so it still takes
+    raw features. Returns (the best epoch's nn.Linear, stats with val_acc, best_epoch, epochs, epoch_times_s,
+    history).
     """
     device = torch.device(device)
     if epochs < 1 or batch_size < 1 or not lr > 0:
@@ -310,6 +313,7 @@ def fit_linear_head(feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [m for m in milestones if m < epochs], gamma=0.5)
     generator = torch.Generator(device=device).manual_seed(seed)
     labels = labels.to(device)
+    shift, scale = _standardizer(feats, device) if standardize else (None, None)
     history, epoch_times = [], []
     best_acc, best_epoch, best_state = -1.0, 0, None
     bar = tqdm(range(epochs), desc="probe", unit="epoch", disable=not progress, leave=False)
@@ -321,7 +325,8 @@ def fit_linear_head(feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.
         order = torch.randperm(len(feats), generator=generator, device=device)
         for start in range(0, len(feats), batch_size):
             idx = order[start:start + batch_size]
-            logits = head(feats[idx].to(device))
+            batch = feats[idx].to(device)
+            logits = head(batch if shift is None else (batch - shift) * scale)
             loss = F.cross_entropy(logits, labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -333,7 +338,7 @@ def fit_linear_head(feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.
                   "train_acc": round(correct.item() / len(feats), 5), "val_acc": None}
         schedule.step()
         if val_feats is not None and len(val_feats):
-            record["val_acc"] = head_accuracy(linear, val_feats, val_labels)
+            record["val_acc"] = head_accuracy(_folded(linear, shift, scale), val_feats, val_labels)
         epoch_times.append(round(time.perf_counter() - t0, 3))
         history.append(record)
         if record["val_acc"] is not None:
@@ -344,9 +349,37 @@ def fit_linear_head(feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.
             best_state = copy.deepcopy(linear.state_dict())
     bar.close()
     linear.load_state_dict(best_state)
+    linear = _folded(linear, shift, scale)
     has_val = val_feats is not None and len(val_feats) > 0
     return linear.eval(), {"val_acc": best_acc if has_val else None, "best_epoch": best_epoch, "epochs": epochs,
                            "epoch_times_s": epoch_times, "history": history}
+
+
+@torch.no_grad()
+def _standardizer(feats: torch.Tensor, device: torch.device, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and 1/std of `feats` (float64 sums, in chunks: the features may not fit twice)."""
+    total = torch.zeros(feats.shape[1], dtype=torch.float64, device=device)
+    squares = torch.zeros_like(total)
+    for i in range(0, len(feats), chunk):
+        part = feats[i:i + chunk].to(device, torch.float64)
+        total += part.sum(0)
+        squares += part.square().sum(0)
+    mean = total / len(feats)
+    std = (squares / len(feats) - mean.square()).clamp_min(0).sqrt()
+    # A dimension that never varies on the training features carries nothing to learn from: weight it 0.
+    scale = torch.where(std > 1e-8, 1.0 / std.clamp_min(1e-8), torch.zeros_like(std))
+    return mean.float(), scale.float()
+
+
+@torch.no_grad()
+def _folded(linear: nn.Linear, shift: torch.Tensor | None, scale: torch.Tensor | None) -> nn.Linear:
+    """`linear` applied after (x - shift) * scale, as one nn.Linear on raw x (`linear` itself when no shift)."""
+    if shift is None:
+        return linear
+    out = nn.Linear(linear.in_features, linear.out_features).to(linear.weight.device)
+    out.weight.copy_(linear.weight * scale)
+    out.bias.copy_(linear.bias - out.weight @ shift)
+    return out
 
 
 @torch.no_grad()
@@ -363,7 +396,7 @@ def head_accuracy(linear: nn.Module, feats: torch.Tensor, labels: torch.Tensor, 
 def probe(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int | None = None, epochs: int = 50,
           batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0,
           milestones: tuple[int, ...] = PROBE_MILESTONES, device: torch.device | str = "cpu", seed: int = 0,
-          progress: bool = True, feature_batch: int = 250) -> tuple[HebbNet, dict]:
+          progress: bool = True, feature_batch: int = 250, standardize: bool = False) -> tuple[HebbNet, dict]:
     """Linear probe: the trunk cut after `layer` stays frozen, dropout 0.5 + a linear head learn on its features.
 
     The features of `train` and `val` are computed once (eval mode) and cached on `device`; the head trains
@@ -383,7 +416,8 @@ def probe(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int | None
     features_s = time.perf_counter() - started
     linear, stats = fit_linear_head(feats, train.labels, val_feats, val.labels if has_val else None, num_classes,
                                     epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                    milestones=milestones, device=device, seed=seed, progress=progress)
+                                    milestones=milestones, device=device, seed=seed, standardize=standardize,
+                                    progress=progress)
     net.classifier.load_state_dict(linear.state_dict())
     net.eval()
     return net, _run_stats(val, stats["val_acc"] if has_val else -1.0, stats["best_epoch"], stats["epoch_times_s"],

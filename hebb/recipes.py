@@ -9,7 +9,8 @@ these functions, so a method means the same thing everywhere (docs/NETWORKS.md#r
   All fit the input normalisation on the unlabelled images. A method runs on the first architecture built for
   it unless it names one: "sgd@wide3" is SGD from scratch on the wide3 net.
 - `read_out(net, readout, labelled, val, layer, ...)`: "finetune" (end to end, `hebb.finetune.finetune`),
-  "probe" (frozen trunk, linear head on cached features, `hebb.finetune.probe`) or "hebbian" (frozen trunk,
+  "probe" (frozen trunk, linear head on cached features, `hebb.finetune.probe`), "probe-std" (the same head
+  on features standardised per dimension, ours: the reference probe has none) or "hebbian" (frozen trunk,
   teacher-signal classifier).
 - `subsample(split, limit, seed)`: the one seeded sample of at most `limit` items of a split.
 """
@@ -27,7 +28,7 @@ from hebb.errors import UserError
 
 #: Methods without a learning stage of their own before the read-out.
 UNTRAINED_METHODS = ("sgd", "random")
-READOUTS = ("finetune", "probe", "hebbian")
+READOUTS = ("finetune", "probe", "probe-std", "hebbian")
 
 
 def methods(arch: str | None = None) -> tuple[str, ...]:
@@ -145,7 +146,10 @@ def read_out(net, readout: str, labelled: ArraySet, val: ArraySet | None, layer:
         raise UserError(f"augmentation is for end-to-end fine-tuning, not the {readout} read-out")
     if readout == "hebbian" and "weight_decay" in options:
         raise UserError("a Hebbian classifier takes no weight decay")
-    train_fn = {"finetune": finetune, "probe": probe, "hebbian": train_hebbian_classifier}[readout]
+    train_fn = {"finetune": finetune, "probe": probe, "probe-std": probe,
+                "hebbian": train_hebbian_classifier}[readout]
+    if readout == "probe-std":
+        options["standardize"] = True
     net, stats = train_fn(net, labelled, val, layer=layer, device=device, seed=seed, progress=progress, **options)
     stats["readout"] = readout
     return net, stats

@@ -229,3 +229,41 @@ def test_settings_do_not_depend_on_the_grid(tmp_path):
                                seeds=(0,), share_pretraining=True)
     assert probes.settings() == finetunes.settings()
     assert probes.settings() != ev.SweepConfig(out=tmp_path, methods=("sgd",)).settings()  # sharing is a setting
+
+
+def test_report_never_averages_retrieval_over_different_reductions(tmp_path, monkeypatch):
+    runs = {}
+    for seed, (features, map100, finished) in enumerate([("avg", 0.2, "2026-01-01"), ("avg", 0.2, "2026-01-01"),
+                                                         ("flatten", 0.26, "2026-01-02")]):
+        rec = _record("softhebb", 1.0, 3, seed, 0.5, map100, val=0.5)
+        rec.update(readout="probe-std", finished=finished + "T00:00:00+00:00")
+        rec["retrieval"]["features"] = {"layer": 3, "pooling": features, "projection": "pca", "dim": 256}
+        runs[f"softhebb/probe-std/r1/l3/s{seed}"] = rec
+    ev.write_results(tmp_path, {"format": ev.RESULTS_FORMAT, "version": 1, "settings": {"dataset": "cifar10"},
+                                "created": "2026-01-01T00:00:00+00:00", "sessions": [], "pretraining": {},
+                                "runs": runs})
+    monkeypatch.setattr("retrieval.evaluation.report.write_plots", lambda *a, **k: [])
+    summary = write_report(tmp_path).read_text()
+    assert "| SoftHebb (probe, standardised features) | 0.260 |" in summary   # the newest reduction only
+    assert "left out of the mAP figures" in summary and "SoftHebb (probe, standardised features) 1% layer 3" in summary
+    accuracy = summary.split("## Test accuracy")[1].split("## Retrieval")[0]
+    assert "| SoftHebb (probe, standardised features) | 50.00 ± 0.00 |" in accuracy   # accuracy keeps all seeds
+
+
+def test_probe_and_standardised_probe_share_one_feature_pass(cifar_data_dir, shared_splits, tmp_path, monkeypatch):
+    calls = []
+    real = ev.layer_features
+    monkeypatch.setattr(ev, "layer_features", lambda key, *a, **k: calls.append(key) or real(key, *a, **k))
+    out = tmp_path / "probes"
+    assert main(["evaluate", "--methods", "random", "--readouts", "probe,probe-std", "--regimes", "10",
+                 "--layers", "2", "--seeds", "1", "--probe-epochs", "3", "--limit", "200", "--device", "cpu",
+                 "--pooling", "avg", "--projection", "none", "--data-dir", str(cifar_data_dir),
+                 "--out", str(out)]) == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert sorted(runs) == ["random/probe-std/r10/l2/s0", "random/probe/r10/l2/s0"]
+    assert len(calls) == 1                                   # one feature pass served both read-outs
+    plain, standardised = runs["random/probe/r10/l2/s0"], runs["random/probe-std/r10/l2/s0"]
+    assert standardised["probe"]["standardize"] is True and plain["probe"]["standardize"] is False
+    assert plain["retrieval"]["map@100"] == standardised["retrieval"]["map@100"]   # the same frozen trunk
+    assert "SoftHebb" not in (out / "summary.md").read_text()
+    assert "random frozen (probe, standardised features)" in (out / "summary.md").read_text()

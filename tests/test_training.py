@@ -11,7 +11,7 @@ from hebb.baselines import VAE, vae_pretrain
 from hebb.checkpoint import load_checkpoint
 from hebb.data import regime_indices
 from hebb.errors import UserError
-from hebb.finetune import accuracy, augment_batch, finetune, probe, reference_lr
+from hebb.finetune import accuracy, augment_batch, finetune, fit_linear_head, head_accuracy, probe, reference_lr
 from hebb.network import build_network
 from hebb.pretrain import pretrain, recalibrate_batchnorm
 from retrieval.cli import main
@@ -150,6 +150,37 @@ def test_cli_finetune_baselines(start, method, cifar_data_dir, tmp_path, capsys)
     assert capsys.readouterr().out.startswith(f"fine-tuned {method} layer 1 on 100 labelled images")
     net, meta = load_checkpoint(out)
     assert meta["method"] == method and net.spec == ("GGGGGG" if method == "sgd" else "RRRRRG")
+
+
+def _badly_scaled_features(n, seed):
+    """Two informative dimensions drowned in 50 dimensions of large, offset, uninformative features."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    signal = (labels.float() * 2 - 1)[:, None] * 0.05 + 0.02 * torch.randn(n, 2, generator=g)
+    noise = 300.0 + 100.0 * torch.randn(n, 50, generator=g)
+    return torch.cat([signal, noise], 1), labels
+
+
+def test_standardised_probe_learns_badly_scaled_features_and_folds_into_a_raw_head():
+    feats, labels = _badly_scaled_features(2000, seed=0)
+    val_feats, val_labels = _badly_scaled_features(500, seed=1)
+    common = dict(num_classes=2, epochs=5, progress=False, seed=0)
+    raw, raw_stats = fit_linear_head(feats, labels, val_feats, val_labels, **common)
+    std, std_stats = fit_linear_head(feats, labels, val_feats, val_labels, standardize=True, **common)
+    assert std_stats["val_acc"] > 0.95 > raw_stats["val_acc"] + 0.2
+    # the returned head takes raw features: the accuracy it reported is the one it has on them
+    assert head_accuracy(std, val_feats, val_labels) == pytest.approx(std_stats["val_acc"])
+    assert isinstance(std, torch.nn.Linear) and std.in_features == feats.shape[1]
+
+
+def test_cli_probe_std_readout_trains_a_head_on_a_random_trunk(cifar_data_dir, tmp_path, capsys):
+    out = tmp_path / "p.pt"
+    assert main(["finetune", "--from-random", "--readout", "probe-std", "--layer", "2", "--regime", "1",
+                 "--limit", "200", "--epochs", "3", "--out", str(out), "--data-dir", str(cifar_data_dir),
+                 "--device", "cpu"]) == 0
+    assert "a linear probe (standardised features) on random" in capsys.readouterr().out
+    net, meta = load_checkpoint(out)
+    assert meta["readout"] == "probe-std" and net.cut_layer == 2
 
 
 @pytest.mark.parametrize("argv, message", [

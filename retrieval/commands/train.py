@@ -91,9 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--layer", type=int, default=None,
                    help="cut the network after this layer, " + ", ".join(
                        f"1..{len(a.layers)} for {n}" for n, a in ARCHITECTURES.items()) + " (default: the top layer)")
-    f.add_argument("--readout", choices=("finetune", "probe"), default="finetune",
+    f.add_argument("--readout", choices=("finetune", "probe", "probe-std"), default="finetune",
                    help="finetune: train everything end to end (default); probe: frozen trunk, linear head on its "
-                        "cached features")
+                        "cached features; probe-std: the same head on features standardised per dimension")
     f.add_argument("--classifier", choices=("linear", "hebbian"), default="linear",
                    help="linear: dropout + linear layer, everything trained by backprop (default); hebbian: "
                         "frozen trunk, classifier learned with the teacher-signal Hebbian rule")
@@ -177,21 +177,22 @@ def _finetune(args: argparse.Namespace) -> int:
         raise UserError(f"--layer must be in 1..{depth}, got {args.layer}")
     hebbian = args.classifier == "hebbian"
     readout = "hebbian" if hebbian else args.readout
-    if hebbian and args.readout == "probe":
-        raise UserError("--classifier hebbian is its own read-out; leave out --readout probe")
-    args.epochs = args.epochs or {"hebbian": 2, "probe": 50, "finetune": 20}[readout]
+    probing = readout in ("probe", "probe-std")
+    if hebbian and args.readout != "finetune":
+        raise UserError(f"--classifier hebbian is its own read-out; leave out --readout {args.readout}")
+    args.epochs = args.epochs or (50 if probing else {"hebbian": 2, "finetune": 20}[readout])
     args.lr = (0.1 if hebbian else 1e-3) if args.lr is None else args.lr
     if not args.lr > 0:
         raise UserError(f"--lr must be positive, got {args.lr}")
     if hebbian and args.from_scratch:
         raise UserError("--classifier hebbian reads a trunk that is already trained; it cannot train one from "
                         "scratch (use --init, or --from-random for random features)")
-    if args.from_scratch and readout == "probe":
+    if args.from_scratch and probing:
         raise UserError("--from-scratch trains the whole network; a probe needs a trained or random trunk "
                         "(--init or --from-random)")
     if hebbian and (args.augment or args.weight_decay is not None):
         raise UserError("--augment and --weight-decay apply to backprop; a Hebbian classifier takes neither")
-    if readout == "probe" and args.augment:
+    if probing and args.augment:
         raise UserError("--augment is for end-to-end fine-tuning; a probe reads cached features")
     device = resolve_device(args.device)
     init_meta = None
@@ -240,8 +241,9 @@ def _finetune(args: argparse.Namespace) -> int:
                     **{f"test_{k}": v for k, v in test_acc.items()}},
         "history": stats["history"]})
     test_text = f", test acc {test_acc['top1']:.2%}" if test_acc else ""
-    what = {"hebbian": "a Hebbian classifier on ", "probe": "a linear probe on ", "finetune": ""}[readout]
-    verb = "trained" if readout == "probe" else "fine-tuned"
+    what = {"hebbian": "a Hebbian classifier on ", "probe": "a linear probe on ",
+            "probe-std": "a linear probe (standardised features) on ", "finetune": ""}[readout]
+    verb = "trained" if probing else "fine-tuned"
     print(f"{verb} {what}{method} layer {args.layer} on {len(labelled)} labelled images ({args.regime:g}% regime): "
           f"{stats['epochs']} epochs in {stats['time_s']:.1f} s ({stats['images_per_s']:.0f} images/s on {device}); "
           f"best val acc {stats['val_acc']:.2%} (epoch {stats['best_epoch']}){test_text}; saved {args.out}")

@@ -42,12 +42,16 @@ METHOD_NAMES = {"hpca": "HPCA", "swta": "soft-WTA", "wta": "hard WTA", "vae": "V
 PAPER_ACCURACY["softhebb probe"] = {100: 80.3}
 
 
+#: Display names of the read-outs that are not the seed papers' fine-tuning.
+READOUT_NAMES = {"probe": "probe", "probe-std": "probe, standardised features"}
+
+
 def method_name(key: str) -> str:
     """Display name of a table row: 'softhebb probe' -> 'SoftHebb (probe)', 'sgd@wide3' -> 'SGD (scratch), wide3'."""
     method, _, readout = key.partition(" ")
     rule, _, arch = method.partition("@")
     name = METHOD_NAMES.get(rule, rule) + (f", {arch}" if arch else "")
-    return f"{name} ({readout})" if readout else name
+    return f"{name} ({READOUT_NAMES.get(readout, readout)})" if readout else name
 
 
 def paper_accuracy(method: str, regime: float) -> float | None:

@@ -45,7 +45,9 @@ from hebb.recipes import methods as recipe_methods
 METHODS = tuple(m for m in recipe_methods() if m != "random") + ("random",)
 #: Methods with an unsupervised pre-training stage (the others start from a fresh network).
 PRETRAINED_METHODS = tuple(m for m in METHODS if m not in UNTRAINED_METHODS)
-READOUTS = ("finetune", "probe")
+READOUTS = ("finetune", "probe", "probe-std")
+#: Read-outs on the frozen trunk's cached features ("probe-std": the head on standardised features).
+PROBE_READOUTS = ("probe", "probe-std")
 RESULTS_FILE = "results.json"
 RESULTS_FORMAT = "hebbir-evaluation"
 RESULTS_VERSION = 1
@@ -141,7 +143,7 @@ class SweepConfig:
         """(method, readout, regime, layer, seed) of every cell, grouped so that one pre-training (and, for
         probes, one feature pass per layer) serves consecutive cells."""
         return [(m, ro, r, layer, s) for m in self.methods for s in self.seeds for ro in self.readouts
-                if not (m.partition("@")[0] == "sgd" and ro == "probe")  # sgd has no trunk of its own to freeze
+                if not (m.partition("@")[0] == "sgd" and ro in PROBE_READOUTS)  # sgd has no trunk of its own to freeze
                 for layer in self.method_layers(m) for r in self.regimes]
 
 
@@ -303,7 +305,7 @@ def finetune_run(net, labelled, val, layer: int, config: SweepConfig, seed: int,
 
 
 def probe_run(features: "LayerFeatures", labelled_idx: np.ndarray, data: dict, config: SweepConfig, seed: int,
-              device: torch.device) -> tuple[dict, dict]:
+              device: torch.device, standardize: bool = False) -> tuple[dict, dict]:
     """Train a probe head on the cached features of the labelled images; (test accuracy, stats)."""
     from hebb.finetune import fit_linear_head, head_accuracy
 
@@ -312,9 +314,11 @@ def probe_run(features: "LayerFeatures", labelled_idx: np.ndarray, data: dict, c
     start = time.perf_counter()
     options = {"epochs": config.probe_epochs} if config.probe_epochs else {}
     head, stats = fit_linear_head(features.train[idx], train.labels[idx], features.val, val.labels,
-                                  len(train.classes), device=device, seed=seed, progress=False, **options)
+                                  len(train.classes), device=device, seed=seed, standardize=standardize,
+                                  progress=False, **options)
     acc = head_accuracy(head, features.test, test.labels, topk=(1, 5))
-    stats = _jsonable(dict(stats, time_s=time.perf_counter() - start, readout="probe"))
+    stats = _jsonable(dict(stats, time_s=time.perf_counter() - start, readout="probe-std" if standardize else "probe",
+                            standardize=standardize))
     return {"top1": acc["top1"], "top5": acc["top5"]}, stats
 
 
@@ -462,13 +466,13 @@ def layer_features(key: tuple, net, layer: int, data: dict, config: SweepConfig,
 
 
 def probe_cell(features: LayerFeatures, method: str, regime: float, layer: int, seed: int, data: dict,
-               config: SweepConfig, device: torch.device, pretrain_stats: dict) -> dict:
+               config: SweepConfig, device: torch.device, pretrain_stats: dict, readout: str = "probe") -> dict:
     """One probe cell: a head on the labelled subset's cached features; retrieval is the frozen trunk's."""
     from hebb.data import regime_indices
 
     idx = regime_indices(data["train"].labels, regime, seed)
-    acc, stats = probe_run(features, idx, data, config, seed, device)
-    return _record(method, "probe", regime, layer, seed, len(idx), acc, stats, copy.deepcopy(features.retrieval),
+    acc, stats = probe_run(features, idx, data, config, seed, device, standardize=readout == "probe-std")
+    return _record(method, readout, regime, layer, seed, len(idx), acc, stats, copy.deepcopy(features.retrieval),
                    {"probe_s": stats.get("time_s"), "probe_epochs": stats.get("epochs"),
                     "features_s": features.features_s}, pretrain_stats, device, probe=stats)
 
@@ -499,11 +503,11 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
         if current != (method, pseed):
             pretrained, pre_stats = _pretrained(method, pseed, data, config, device, results)
             current, features = (method, pseed), None
-        if readout == "probe":
+        if readout in PROBE_READOUTS:
             if features is None or features.key != (method, pseed, layer):
                 features = None  # free the previous layer's features first
                 features = layer_features((method, pseed, layer), pretrained, layer, data, config, device)
-            record = probe_cell(features, method, regime, layer, seed, data, config, device, pre_stats)
+            record = probe_cell(features, method, regime, layer, seed, data, config, device, pre_stats, readout)
         else:
             record = evaluate_run(pretrained, method, regime, layer, seed, data, config, device, pre_stats)
         record["pretrain_seed"] = pseed
