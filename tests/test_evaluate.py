@@ -267,3 +267,47 @@ def test_probe_and_standardised_probe_share_one_feature_pass(cifar_data_dir, sha
     assert plain["retrieval"]["map@100"] == standardised["retrieval"]["map@100"]   # the same frozen trunk
     assert "SoftHebb" not in (out / "summary.md").read_text()
     assert "random frozen (probe, standardised features)" in (out / "summary.md").read_text()
+
+
+def _folder(path, runs, pretraining=None, settings=None):
+    ev.write_results(path, {"format": ev.RESULTS_FORMAT, "version": 1,
+                            "settings": settings or {"dataset": "cifar10"}, "created": "2026-01-01T00:00:00+00:00",
+                            "sessions": [{"command": f"hebbir evaluate --out {path.name}"}],
+                            "pretraining": pretraining or {}, "runs": runs})
+
+
+def test_merge_joins_a_piece_run_elsewhere_and_refuses_what_cannot_share_a_table(tmp_path, capsys):
+    main_dir, piece = tmp_path / "main", tmp_path / "piece"
+    _folder(main_dir, {"hpca/r1/l5/s0": _record("hpca", 1.0, 5, 0, 0.5, 0.3, val=0.5)},
+            {"hpca/s0": {"time_s": 60.0}})
+    _folder(piece, {"hpca/r1/l5/s0": _record("hpca", 1.0, 5, 0, 0.9, 0.9, val=0.9),     # already there: kept
+                    "sgd/r1/l5/s0": _record("sgd", 1.0, 5, 0, 0.4, 0.2, val=0.4)}, {"sgd/s0": {"time_s": 0.0}})
+    assert main(["evaluate", "--out", str(main_dir), "--merge-from", str(piece)]) == 0
+    assert "merged 1 cells" in capsys.readouterr().out
+    merged = ev.load_results(main_dir)
+    assert sorted(merged["runs"]) == ["hpca/r1/l5/s0", "sgd/r1/l5/s0"]
+    assert merged["runs"]["hpca/r1/l5/s0"]["accuracy"]["top1"] == 0.5
+    assert "sgd/s0" in merged["pretraining"] and merged["sessions"][-1]["merged_from"] == str(piece)
+    assert (main_dir / "summary.md").is_file()
+
+    other = tmp_path / "other"
+    _folder(other, {"swta/r1/l5/s0": _record("swta", 1.0, 5, 0, 0.4, 0.2, val=0.4)},
+            settings={"dataset": "cifar10", "limit": 600})
+    with pytest.raises(UserError, match="other settings"):
+        ev.merge_results(main_dir, other)
+    clash = tmp_path / "clash"
+    _folder(clash, {"hpca/r5/l5/s0": _record("hpca", 5.0, 5, 0, 0.6, 0.3, val=0.6)}, {"hpca/s0": {"time_s": 99.0}})
+    with pytest.raises(UserError, match="different pre-trainings under hpca/s0"):
+        ev.merge_results(main_dir, clash)
+    assert sorted(ev.load_results(main_dir)["runs"]) == ["hpca/r1/l5/s0", "sgd/r1/l5/s0"]   # nothing half-merged
+
+
+def test_a_sweep_folder_takes_one_writer_at_a_time(tmp_path):
+    _folder(tmp_path / "a", {})
+    _folder(tmp_path / "b", {})
+    with ev.folder_lock(tmp_path / "a"):
+        with pytest.raises(UserError, match="is being written by hebbir evaluate"):
+            ev.merge_results(tmp_path / "a", tmp_path / "b")
+        with pytest.raises(UserError, match="is being written"):
+            ev.run_sweep(ev.SweepConfig(out=tmp_path / "a", methods=("sgd",)))
+    assert ev.merge_results(tmp_path / "a", tmp_path / "b") == (0, 0)   # free again once the holder is done

@@ -72,6 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dim", type=positive_int, default=None, help="projected feature size (default: auto)")
     p.add_argument("--out", type=Path, required=True, help="report folder (results.json, summary.md, plots)")
     p.add_argument("--report-only", action="store_true", help="only regenerate summary.md and plots from results.json")
+    p.add_argument("--merge-from", type=Path, default=None, metavar="DIR",
+                   help="copy the finished cells of another sweep folder with the same settings (a piece run "
+                        "elsewhere) into --out, then rewrite the report; runs nothing")
     p.add_argument("--status", action="store_true",
                    help="print what of this sweep is done and left (and the estimated time left), run nothing")
     p.add_argument("--pr-regime", type=float, default=None,
@@ -102,7 +105,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from retrieval.evaluation.sweep import SweepConfig, run_sweep, sweep_status
     from retrieval.evaluation.report import write_report
 
-    if not args.report_only:
+    if args.merge_from is not None:
+        from retrieval.evaluation.sweep import merge_results
+
+        added, present = merge_results(args.out, args.merge_from)
+        print(f"merged {added} cells from {args.merge_from} into {args.out}"
+              + (f" ({present} already there, kept as they were)" if present else ""))
+    elif not args.report_only:
         layers = None if args.layers == "best" else args.layers
         if layers == ():
             raise UserError("--layers: give 'best' or layer numbers such as 1,3,5")

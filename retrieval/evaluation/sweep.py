@@ -21,7 +21,9 @@ The training procedures are reached only through `pretrain_method`, `finetune_ru
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
 import os
 import platform
@@ -480,9 +482,66 @@ def probe_cell(features: LayerFeatures, method: str, regime: float, layer: int, 
 CODE_VERSION = code_version()
 
 
+@contextlib.contextmanager
+def folder_lock(out: Path):
+    """Hold the sweep folder for this process: a second sweep (or merge) into it would overwrite its cells."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise UserError(f"{out} is being written by {owner}; wait for it to finish or use another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"hebbir evaluate (pid {os.getpid()})")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def merge_results(out: Path, source: Path) -> tuple[int, int]:
+    """Copy the finished cells of the sweep folder `source` that `out` lacks into `out` (same settings only);
+    returns (cells added, cells already there). Lets pieces of one sweep run in separate folders or machines."""
+    theirs = load_results(source)
+    if theirs is None:
+        raise UserError(f"{source} holds no {RESULTS_FILE}")
+    with folder_lock(out):
+        ours = load_results(out)
+        if ours is None:
+            raise UserError(f"{out} holds no {RESULTS_FILE}: copy {source} there instead")
+        if theirs.get("settings") != ours.get("settings"):
+            diff = ", ".join(f"{k}: {theirs['settings'].get(k)!r} there, {v!r} here"
+                             for k, v in ours.get("settings", {}).items() if theirs.get("settings", {}).get(k) != v)
+            raise UserError(f"{source} was run with other settings than {out} ({diff}); its cells cannot join")
+        new = {k: v for k, v in theirs["runs"].items() if k not in ours["runs"]}
+        needed = {f"{r['method']}/s{r.get('pretrain_seed', r['seed'])}" for r in new.values()}
+        clash = sorted(k for k in needed if k in ours["pretraining"] and k in theirs["pretraining"]
+                       and ours["pretraining"][k] != theirs["pretraining"][k])
+        if clash:
+            raise UserError(f"{source} and {out} hold different pre-trainings under {', '.join(clash)}: their cells "
+                            f"come from different networks and cannot share a table")
+        ours["runs"].update(new)
+        for k in needed:
+            if k in theirs["pretraining"]:
+                ours["pretraining"].setdefault(k, theirs["pretraining"][k])
+        ours["sessions"].extend(dict(s, merged_from=str(source)) for s in theirs.get("sessions", []))
+        write_results(out, ours)
+    return len(new), len(theirs["runs"]) - len(new)
+
+
 def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
     """Run every missing (method, readout, regime, layer, seed) cell of `config`; return the results dict
-    (also on disk)."""
+    (also on disk). The folder is locked meanwhile: a second sweep into it stops with a clear error."""
+    with folder_lock(config.out):
+        return _run_sweep(config, progress)
+
+
+def _run_sweep(config: SweepConfig, progress: bool) -> dict:
     device = torch.device(config.device)
     results = _open_results(config, device)
     todo = [r for r in config.runs() if _key(r) not in results["runs"]]
