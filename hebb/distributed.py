@@ -10,7 +10,8 @@ helpers here, which do nothing without a process group, so a single process runs
   on a global batch reach the weights of one process on that batch, up to float32 rounding.
 - Fine-tuning and probes (`data_parallel`): DistributedDataParallel averages the gradients; each process
   weighs its loss by its share of the batch, so the average is the gradient of the whole batch's mean loss.
-  Batch norm uses each process's own statistics there, as DDP does (SyncBatchNorm needs a GPU and drops BN*).
+  Batch norm normalises with each process's own batch there, as under DDP (SyncBatchNorm needs a GPU and drops
+  BN*); the running statistics are averaged over the processes after every epoch.
 
 Collectives go through gloo for CPU tensors and NCCL for CUDA tensors.
 """
@@ -122,10 +123,25 @@ def broadcast_state(module: nn.Module) -> None:
 
 
 def data_parallel(module: nn.Module, device: torch.device) -> nn.Module:
-    """`module` wrapped in DistributedDataParallel when a process group is up, else `module` itself."""
+    """`module` wrapped in DistributedDataParallel when a process group is up, else `module` itself.
+
+    Buffers are not broadcast at every step (a ZCA matrix alone is 37 MB): each process's BN keeps its own
+    running statistics until `average_batchnorm` pools them.
+    """
     if not active():
         return module
-    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                               broadcast_buffers=False)
+
+
+def average_batchnorm(module: nn.Module) -> None:
+    """Replace every BN layer's running mean and variance by their average over the processes."""
+    if not active():
+        return
+    for bn in module.modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.track_running_stats:
+            for t in all_sum([bn.running_mean, bn.running_var]):
+                t.div_(world_size())
 
 
 def pool_statistics(net: nn.Module) -> Callable[[], None]:

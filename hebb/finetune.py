@@ -214,7 +214,7 @@ def finetune(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int | N
             bar.update(len(idx))
         bar.close()
         distributed.all_sum([loss_sum, correct])
-        distributed.broadcast_state(net)  # BN running statistics: rank 0's, as DDP broadcasts them
+        distributed.average_batchnorm(net)  # every process validates the same net
         val_acc = _end_epoch(net, val, device, t0, epoch_times)
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                   "train_loss": round(loss_sum.item() / max(seen, 1), 5),
