@@ -341,8 +341,9 @@ def fit_linear_head(feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.
             idx = order[start:start + batch_size]
             if len(idx) < world:  # every process needs a row
                 continue
-            y = distributed.shard(labels[idx])
-            logits = model(distributed.shard(feats[idx]).to(device))
+            mine = distributed.shard(idx)
+            y = labels[mine]
+            logits = model(feats[mine].to(device))
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             _backward(loss, len(y), len(idx), world)
