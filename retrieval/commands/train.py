@@ -61,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_dir(p)
     add_device(p)
     add_seed(p)
-    add_distributed(p)
+    add_distributed(p, "pretrain")
     p.set_defaults(func=_data_parallel(_pretrain))
 
     f = sub.add_parser(
@@ -114,7 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_dir(f)
     add_device(f)
     add_seed(f)
-    add_distributed(f)
+    add_distributed(f, "finetune")
     f.set_defaults(func=_data_parallel(_finetune))
 
 
@@ -124,12 +124,12 @@ def add_arch(p: argparse.ArgumentParser, default: str | None, when: str = "") ->
                    help=f"network: {arch_help()}{when}")
 
 
-def add_distributed(p: argparse.ArgumentParser) -> None:
+def add_distributed(p: argparse.ArgumentParser, command: str) -> None:
     """The --distributed flag: data-parallel training over the processes torchrun starts."""
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel training over the processes torchrun starts: torchrun --nproc-per-node N "
-                        "\"$(command -v hebbir)\" %(prog)s --distributed ... (each process takes its share of "
-                        "every batch; pre-training reaches the weights of one process; rank 0 writes --out)")
+                        f"\"$(command -v hebbir)\" {command} --distributed ... (each process takes its share of "
+                        "every batch; rank 0 writes --out; pre-training reaches the weights of one process)")
 
 
 def _data_parallel(command):
