@@ -10,6 +10,10 @@ batches on the device.
 A net whose classifier is Hebbian (spec letter H, `hebb.network.HebbianClassifier`) is read instead by
 `train_hebbian_classifier`: the trunk stays as it is and only the classifier learns, with the supervised
 teacher-signal rule (docs/RULES.md#teacher-signal: lr 0.1, one or two epochs).
+
+Inside a torch.distributed process group (`hebb.distributed`) fine-tuning and the probe's head train with
+DistributedDataParallel: every process walks the same batch order and takes its share of each batch; a probe's
+features are computed on each process's share of the images and gathered.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from hebb import distributed
 from hebb.data import ArraySet, to_float
 from hebb.errors import UserError
 from hebb.network import ARCHITECTURES, HebbNet, trainable_parameters
@@ -121,6 +126,12 @@ def _run_stats(val: ArraySet | None, best_acc: float, best_epoch: int, epoch_tim
             "images": images, **settings}
 
 
+def _backward(loss: torch.Tensor, rows: int, batch: int, world: int) -> None:
+    """Backpropagate a process's mean loss over its `rows` of a `batch`; DDP averages the gradients over the
+    `world` processes, so weighing by rows · world / batch gives the gradient of the whole batch's mean loss."""
+    (loss * (rows * world / batch) if world > 1 else loss).backward()
+
+
 def _sgd(params, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
 
@@ -166,6 +177,8 @@ def finetune(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int | N
     if not params:
         raise UserError(f"network spec '{net.spec}' has nothing to train")
     optimizer = _sgd(params, lr, weight_decay, momentum)
+    model = distributed.data_parallel(net, device)
+    world = distributed.world_size()
     generator = torch.Generator(device=device).manual_seed(seed)
     images, labels = train.images.to(device), train.labels.to(device)
     history, epoch_times = [], []
@@ -184,21 +197,24 @@ def finetune(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int | N
                    disable=not progress, leave=False)
         for start in range(0, len(images), batch_size):
             idx = order[start:start + batch_size]
-            if len(idx) < 2:
+            if len(idx) < 2 * world:  # BN needs 2 images in every process
                 continue
             x = to_float(images[idx], device)
             if augment:
                 x = augment_batch(x, generator)
-            logits = net(x)
-            loss = F.cross_entropy(logits, labels[idx])
+            x, y = distributed.shard(x), distributed.shard(labels[idx])
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            _backward(loss, len(y), len(idx), world)
             optimizer.step()
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.detach().argmax(1) == labels[idx]).sum()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
             seen += len(idx)
             bar.update(len(idx))
         bar.close()
+        distributed.all_sum([loss_sum, correct])
+        distributed.average_batchnorm(net)  # every process validates the same net
         val_acc = _end_epoch(net, val, device, t0, epoch_times)
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                   "train_loss": round(loss_sum.item() / max(seen, 1), 5),
@@ -311,6 +327,8 @@ def fit_linear_head(feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.
     head = nn.Sequential(nn.Dropout(0.5), linear)
     optimizer = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [m for m in milestones if m < epochs], gamma=0.5)
+    model = distributed.data_parallel(head, device)
+    world = distributed.world_size()
     generator = torch.Generator(device=device).manual_seed(seed)
     labels = labels.to(device)
     shift, scale = _standardizer(feats, device) if standardize else (None, None)
@@ -325,14 +343,19 @@ def fit_linear_head(feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.
         order = torch.randperm(len(feats), generator=generator, device=device)
         for start in range(0, len(feats), batch_size):
             idx = order[start:start + batch_size]
-            batch = feats[idx].to(device)
-            logits = head(batch if shift is None else (batch - shift) * scale)
-            loss = F.cross_entropy(logits, labels[idx])
+            if len(idx) < world:  # every process needs a row
+                continue
+            mine = distributed.shard(idx)
+            y = labels[mine]
+            batch = feats[mine].to(device)
+            logits = model(batch if shift is None else (batch - shift) * scale)
+            loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            _backward(loss, len(y), len(idx), world)
             optimizer.step()
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.detach().argmax(1) == labels[idx]).sum()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+        distributed.all_sum([loss_sum, correct])
         record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
                   "train_loss": round(loss_sum.item() / len(feats), 5),
                   "train_acc": round(correct.item() / len(feats), 5), "val_acc": None}
@@ -410,9 +433,11 @@ def probe(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int | None
     net.to(device).eval()
     net.set_hebbian_learning(False)
     started = time.perf_counter()
-    feats = extract_features(net, train.images, layer, device, batch_size=feature_batch, progress=progress)
+    feats = distributed.gather_rows(extract_features(net, distributed.shard(train.images), layer, device,
+                                                     batch_size=feature_batch, progress=progress))
     has_val = val is not None and len(val) > 0
-    val_feats = extract_features(net, val.images, layer, device, batch_size=feature_batch) if has_val else None
+    val_feats = distributed.gather_rows(extract_features(net, distributed.shard(val.images), layer, device,
+                                                         batch_size=feature_batch)) if has_val else None
     features_s = time.perf_counter() - started
     linear, stats = fit_linear_head(feats, train.labels, val_feats, val.labels if has_val else None, num_classes,
                                     epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,

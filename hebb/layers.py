@@ -69,6 +69,8 @@ class HebbConv2d(nn.Module):
             nn.init.xavier_normal_(self.weight)  # as the reference FastHebb code
         self.hebbian_learning = False
         self.teacher: torch.Tensor | None = None
+        #: Sums a list of batch moments in place over data-parallel processes (`hebb.distributed`), or None.
+        self.reduce_sums = None
 
     def extra_repr(self) -> str:
         extra = {"swta": f", temperature={self.temperature}",
@@ -174,16 +176,26 @@ class HebbConv2d(nn.Module):
         n = y.numel() // m
         w2 = w.reshape(m, -1)
         if rules.hpca_prefers_blocked(n, m, w2.shape[1], w.device.type):
-            return rules.hpca_delta(self._patches(x), w2, y=self._patch_rows(y), form="blocked")
-        yx = self._moments(x, y, w.shape)
-        rows = self._patch_rows(y)
-        return rules.hpca_finish(yx, rows.T @ rows, w2, n)
+            dw = rules.hpca_delta(self._patches(x), w2, y=self._patch_rows(y), form="blocked")
+        else:
+            yx = self._moments(x, y, w.shape)
+            rows = self._patch_rows(y)
+            dw = rules.hpca_finish(yx, rows.T @ rows, w2, n)
+        if self.reduce_sums is None:
+            return dw
+        # The update is a sum over patches divided by their count: pool both, then divide.
+        total, count = dw * n, dw.new_tensor([float(n)])
+        self.reduce_sums([total, count])
+        return total / count.clamp_min(1)
 
     def _softhebb(self, x, pre, signal, w):
         y = rules.softhebb_signal(pre, self.inv_temperature) if signal is None else signal
         yx = self._moments(x, y, w.shape)
         yu = (y * pre).sum(dim=(0, 2, 3))
-        return yx - yu[:, None] * w.reshape(w.shape[0], -1)
+        dw = yx - yu[:, None] * w.reshape(w.shape[0], -1)
+        if self.reduce_sums is not None:
+            self.reduce_sums([dw])  # the raw update, before the layer's max-normalisation and rate
+        return dw
 
     def _competitive(self, x, pre, signal, w, soft):
         m = w.shape[0]
@@ -202,5 +214,7 @@ class HebbConv2d(nn.Module):
             # argmax of cosine = argmax of pre, the patch norm being common to all neurons
             r = torch.zeros_like(pre).scatter_(1, pre.argmax(dim=1, keepdim=True), 1.0)
         q = r * r if soft else r
-        qx = self._moments(x, q, w.shape)
-        return rules.weighted_mean_finish(qx, q.sum(dim=(0, 2, 3)), r.sum(dim=(0, 2, 3)), w.reshape(m, -1))
+        sums = [self._moments(x, q, w.shape), q.sum(dim=(0, 2, 3)), r.sum(dim=(0, 2, 3))]
+        if self.reduce_sums is not None:
+            self.reduce_sums(sums)
+        return rules.weighted_mean_finish(*sums, w.reshape(m, -1))

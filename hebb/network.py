@@ -49,7 +49,10 @@ class BatchNormStar(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = super().forward(x)
+        return self.rescale(super().forward(x))
+
+    def rescale(self, out: torch.Tensor) -> torch.Tensor:
+        """Batch-normalised `out` times each channel's BN* scale from the current running variances."""
         var = self.running_var.detach()
         scale = ((var + self.eps) / (var.mean() + self.eps)).sqrt()
         return out * scale.view(1, -1, 1, 1)

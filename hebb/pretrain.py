@@ -11,6 +11,10 @@ at 1 and 0 until fine-tuning). Because the running statistics gathered while the
 old weights, they are recomputed at the end (`recalibrate_batchnorm`): one pass with the final weights over
 up to `bn_calibration_images` training images, with cumulative (not exponential) averages. Feature
 extraction and fine-tuning then start from statistics that match the weights.
+
+Inside a torch.distributed process group (`hebb.distributed`) each process takes its share of every batch,
+and the Hebbian moments and BN statistics are pooled over the processes, so the weights are those of one
+process on the whole batch.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from hebb import distributed
 from hebb.data import to_float
 from hebb.errors import UserError
 from hebb.network import HebbNet
@@ -54,12 +59,14 @@ def recalibrate_batchnorm(net: HebbNet, images: torch.Tensor, device: torch.devi
     g = torch.Generator(device="cpu").manual_seed(seed)
     pick = torch.randperm(len(images), generator=g)[:max_images]
     net.train()
+    unpool = distributed.pool_statistics(net)
     try:
         for start in range(0, len(pick), batch_size):
             idx = pick[start:start + batch_size]
             if len(idx) >= 2:
-                net.features(to_float(images[idx], device))
+                net.features(to_float(images[distributed.shard(idx)], device))
     finally:
+        unpool()
         for bn, m in zip(bns, momenta):
             bn.momentum = m
         for conv, on in learning:
@@ -96,6 +103,7 @@ def pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 1, batch_size: in
     images = images.to(device)
     if fit_input:
         net.fit_input(images, seed=seed)
+    distributed.broadcast_state(net)
     params = [conv.weight for _, conv in hebbian]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=0.0)
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -103,6 +111,7 @@ def pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 1, batch_size: in
     started = time.perf_counter()
     net.train()
     net.set_hebbian_learning(True)
+    unpool = distributed.pool_statistics(net)
     try:
         for epoch in range(1, epochs + 1):
             good = [p.detach().clone() for p in params]
@@ -112,7 +121,7 @@ def pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 1, batch_size: in
             with torch.no_grad():
                 for idx in _batches(len(images), batch_size, generator, device):
                     optimizer.zero_grad(set_to_none=True)
-                    net.features(to_float(images[idx], device), top_layer)
+                    net.features(to_float(images[distributed.shard(idx)], device), top_layer)
                     optimizer.step()
                     bar.update(len(idx))
             bar.close()
@@ -134,6 +143,7 @@ def pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 1, batch_size: in
                 net.train()
                 net.set_hebbian_learning(True)
     finally:
+        unpool()
         net.set_hebbian_learning(False)
         optimizer.zero_grad(set_to_none=True)
     if on_epoch_end is None:

@@ -13,6 +13,9 @@ these functions, so a method means the same thing everywhere (docs/NETWORKS.md#r
   on features standardised per dimension, ours: the reference probe has none) or "hebbian" (frozen trunk,
   teacher-signal classifier).
 - `subsample(split, limit, seed)`: the one seeded sample of at most `limit` items of a split.
+
+Inside a torch.distributed process group (torchrun, `hebb.distributed`) Hebbian pre-training, fine-tuning and
+probes run data-parallel; VAE pre-training and the Hebbian classifier refuse to.
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ def pretrained_network(method: str, arch: str | None, images: torch.Tensor, num_
         from hebb.baselines import check_vae_arch, vae_pretrain
 
         check_vae_arch(arch)
+        _refuse_data_parallel("VAE pre-training")
         options = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
         stats = vae_pretrain(net, images, batch_size=batch_size, device=device, seed=seed, progress=progress,
                              on_epoch_end=on_epoch_end, **options)
@@ -146,6 +150,8 @@ def read_out(net, readout: str, labelled: ArraySet, val: ArraySet | None, layer:
         raise UserError(f"augmentation is for end-to-end fine-tuning, not the {readout} read-out")
     if readout == "hebbian" and "weight_decay" in options:
         raise UserError("a Hebbian classifier takes no weight decay")
+    if readout == "hebbian":
+        _refuse_data_parallel("the Hebbian classifier")
     train_fn = {"finetune": finetune, "probe": probe, "probe-std": probe,
                 "hebbian": train_hebbian_classifier}[readout]
     if readout == "probe-std":
@@ -153,3 +159,10 @@ def read_out(net, readout: str, labelled: ArraySet, val: ArraySet | None, layer:
     net, stats = train_fn(net, labelled, val, layer=layer, device=device, seed=seed, progress=progress, **options)
     stats["readout"] = readout
     return net, stats
+
+
+def _refuse_data_parallel(what: str) -> None:
+    from hebb import distributed
+
+    if distributed.active():
+        raise UserError(f"{what} does not run data-parallel: leave out --distributed (torchrun) for it")

@@ -61,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_dir(p)
     add_device(p)
     add_seed(p)
-    p.set_defaults(func=_pretrain)
+    add_distributed(p, "pretrain")
+    p.set_defaults(func=_data_parallel(_pretrain))
 
     f = sub.add_parser(
         "finetune", help="supervised fine-tuning on a label regime (or an SGD / random baseline)",
@@ -113,7 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_dir(f)
     add_device(f)
     add_seed(f)
-    f.set_defaults(func=_finetune)
+    add_distributed(f, "finetune")
+    f.set_defaults(func=_data_parallel(_finetune))
 
 
 def add_arch(p: argparse.ArgumentParser, default: str | None, when: str = "") -> None:
@@ -122,7 +124,29 @@ def add_arch(p: argparse.ArgumentParser, default: str | None, when: str = "") ->
                    help=f"network: {arch_help()}{when}")
 
 
+def add_distributed(p: argparse.ArgumentParser, command: str) -> None:
+    """The --distributed flag: data-parallel training over the processes torchrun starts."""
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over the processes torchrun starts: torchrun --nproc-per-node N "
+                        f"\"$(command -v hebbir)\" {command} --distributed ... (each process takes its share of "
+                        "every batch; rank 0 writes --out; pre-training reaches the weights of one process)")
+
+
+def _data_parallel(command):
+    """`command` run inside the torchrun process group when --distributed is given."""
+    def run(args: argparse.Namespace) -> int:
+        if not args.distributed:
+            return command(args)
+        from hebb.distributed import process_group
+
+        with process_group():
+            return command(args)
+
+    return run
+
+
 def _pretrain(args: argparse.Namespace) -> int:
+    from hebb import distributed
     from hebb.checkpoint import save_checkpoint
     from hebb.data import load_splits
     from hebb.errors import UserError
@@ -135,16 +159,18 @@ def _pretrain(args: argparse.Namespace) -> int:
     arch = arch_for(rule, args.arch)
     if args.lr is not None and not args.lr > 0:
         raise UserError(f"--lr must be positive, got {args.lr}")
-    device = resolve_device(args.device)
+    device = distributed.local_device(resolve_device(args.device))
     build_network(arch, rule=rule, spec=args.spec, cut_layer=1)  # a bad --spec fails before decoding
     splits = load_splits(args.dataset, args.data_dir, split_seed=args.split_seed,
                          size=ARCHITECTURES[arch].input_size)
     train = subsample(splits["train"], args.limit, args.seed)
     epochs = args.epochs or (1 if rule == "softhebb" else 5)
     settings = {"rule": rule, "arch": arch, "epochs": epochs, "seed": args.seed, "limit": args.limit,
-                "device": str(device)}
+                "device": str(device), "processes": distributed.world_size()}
 
     def save(epoch: int, net, stats: dict) -> None:
+        if not distributed.is_main():
+            return
         save_checkpoint(args.out, net, {
             "stage": "pretrain", "dataset": args.dataset, "split_seed": args.split_seed,
             "classes": list(train.classes), "training": dict(settings, batch_size=stats["batch_size"],
@@ -153,13 +179,15 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     net, stats = pretrained_network(rule, arch, train.images, len(train.classes), epochs=epochs,
                                     batch_size=args.batch_size, lr=args.lr, spec=args.spec, device=device,
-                                    seed=args.seed, on_epoch_end=save)
-    print(f"pretrained {rule} ({arch} {net.spec}) on {len(train)} images: {stats['epochs']} epochs in "
-          f"{stats['time_s']:.1f} s ({stats['images_per_s']:.0f} images/s on {device}); saved {args.out}")
+                                    seed=args.seed, progress=distributed.is_main(), on_epoch_end=save)
+    if distributed.is_main():
+        print(f"pretrained {rule} ({arch} {net.spec}) on {len(train)} images: {stats['epochs']} epochs in "
+              f"{stats['time_s']:.1f} s ({stats['images_per_s']:.0f} images/s on {device}); saved {args.out}")
     return 0
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from hebb import distributed
     from hebb.checkpoint import file_checksum, load_checkpoint, save_checkpoint
     from hebb.data import load_splits, regime_indices
     from hebb.errors import UserError
@@ -194,7 +222,7 @@ def _finetune(args: argparse.Namespace) -> int:
         raise UserError("--augment and --weight-decay apply to backprop; a Hebbian classifier takes neither")
     if probing and args.augment:
         raise UserError("--augment is for end-to-end fine-tuning; a probe reads cached features")
-    device = resolve_device(args.device)
+    device = distributed.local_device(resolve_device(args.device))
     init_meta = None
     if args.init is not None:
         net, init_meta = load_checkpoint(args.init, device)  # fail fast, before decoding the dataset
@@ -226,7 +254,10 @@ def _finetune(args: argparse.Namespace) -> int:
                                     device=device, seed=args.seed, progress=False)
     else:
         method = init_meta.get("network", {}).get("rule", "?")
-    net, stats = read_out(net, readout, labelled, val, layer=args.layer, device=device, seed=args.seed, **options)
+    net, stats = read_out(net, readout, labelled, val, layer=args.layer, device=device, seed=args.seed,
+                          progress=distributed.is_main(), **options)
+    if not distributed.is_main():
+        return 0
     test_acc = accuracy(net, test.images, test.labels, device) if len(test) else {}
     save_checkpoint(args.out, net, {
         "stage": "finetune", "method": method, "dataset": args.dataset, "split_seed": args.split_seed,
@@ -235,7 +266,8 @@ def _finetune(args: argparse.Namespace) -> int:
         "init": None if args.init is None else {"path": str(args.init), "sha256": file_checksum(args.init),
                                                 "meta": init_meta},
         "training": {**options, "classifier": args.classifier, "readout": readout, "seed": args.seed,
-                     "limit": args.limit, "device": str(device), "weight_decay": stats["weight_decay"]},
+                     "limit": args.limit, "device": str(device), "weight_decay": stats["weight_decay"],
+                     "processes": distributed.world_size()},
         "timings": {k: stats[k] for k in ("time_s", "epoch_times_s", "images_per_s")},
         "metrics": {"val_acc": stats["val_acc"], "best_epoch": stats["best_epoch"],
                     **{f"test_{k}": v for k, v in test_acc.items()}},
