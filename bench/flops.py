@@ -1,6 +1,6 @@
 """Work counts of the Hebbian pre-training step: multiply-adds (MACs) and bytes per layer, per batch and epoch.
 
-Counted for the CIFAR 6-layer net (docs/NETWORKS.md#cifar6), one batch of B images, float32. For a layer with
+Counted for the CIFAR 6-layer net (docs/NETWORKS.md#conv6), one batch of B images, float32. For a layer with
 N = B·H'·W' patch rows of D = C·k·k inputs and M neurons:
 
     forward           N·M·D                  (the convolution itself; needed by every rule)
@@ -49,7 +49,7 @@ class LayerShape:
         return self.in_channels * self.kernel ** 2
 
 
-def layer_shapes(arch: str = "cifar6") -> list[LayerShape]:
+def layer_shapes(arch: str = "conv6") -> list[LayerShape]:
     """The feature layers of `arch` with their input and output sizes."""
     plan = ARCHITECTURES[arch]
     shapes, channels, side = [], plan.in_channels, plan.input_size
@@ -95,7 +95,7 @@ def layer_work(shape: LayerShape, batch: int = BATCH, device_type: str = "cpu") 
 
 
 def network_work(batch: int = BATCH, epoch_images: int = EPOCH_IMAGES, device_type: str = "cpu",
-                 arch: str = "cifar6") -> dict:
+                 arch: str = "conv6") -> dict:
     """Per-layer work of one pre-training batch, and totals per batch and per epoch (in GMAC / TFLOP).
 
     A step of rule R costs forward + R's update on every layer; FLOPs = 2 x MACs.

@@ -9,6 +9,7 @@ docs/NETWORKS.md). The module imports no torch, so that help texts can be built 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from hebb.errors import UserError
@@ -53,7 +54,8 @@ class ArchPlan:
     zca_ok: whether whole-image ZCA whitening is possible (its matrix is (3·side²)² floats).
     hebbian_lr: the reference's Hebbian pre-training learning rate for this architecture (for SoftHebb a
     multiplier of every layer's own `eta`).
-    weight_decay: the reference's fine-tuning L2 penalty, or None for the class-count rule of cifar6.
+    weight_decay: the reference's fine-tuning L2 penalty, or None for the class-count rule (5e-2 up to 10
+    classes, 1e-2 above).
     top_fc: whether the top layer is fully connected (its kernel covers the map below; its features are
     a vector).
     rules: the rules (pre-training methods) this architecture is built for; default_rule the first.
@@ -91,9 +93,33 @@ class ArchPlan:
         return self.default_layer or self.depth
 
 
-#: Architecture registry: name -> plan.
-ARCHITECTURES: dict[str, ArchPlan] = {
-    "cifar6": ArchPlan(
+class Registry(Mapping):
+    """name -> `ArchPlan`. An older name (an entry's `aliases`) reads as the current one, so that checkpoints,
+    indexes and command lines written before a rename keep working; iteration yields current names only."""
+
+    def __init__(self, plans: dict[str, ArchPlan]):
+        self._plans = dict(plans)
+        #: Older names -> current names.
+        self.aliases = {alias: name for name, plan in self._plans.items() for alias in plan.aliases}
+
+    def resolve(self, name: str) -> str:
+        """The current name of `name` (itself when it is not an alias)."""
+        return self.aliases.get(name, name)
+
+    def __getitem__(self, name: str) -> ArchPlan:
+        return self._plans[self.resolve(name)]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._plans)
+
+    def __len__(self) -> int:
+        return len(self._plans)
+
+
+#: Architecture registry: name -> plan (older names resolve too).
+ARCHITECTURES = Registry({
+    # The FastHebb 6-layer CIFAR net (five conv feature layers, the last fully connected, + classifier).
+    "conv6": ArchPlan(
         input_size=32,
         in_channels=3,
         layers=(
@@ -104,7 +130,8 @@ ARCHITECTURES: dict[str, ArchPlan] = {
             LayerPlan(4096, 3, pool=0, bn_star=True),   # fully connected 2304 -> 4096 (kernel = whole map)
         ),
         vae=True,
-        description="the FastHebb 6-layer CIFAR net (32x32 input, layers 1..5)",
+        aliases=("cifar6",),
+        description="the FastHebb 6-layer conv net for CIFAR (32x32 input, layers 1..5)",
         default_layer=3,
         # Chosen by mAP@100 / mAP@all (docs/EVALUATION.md#metrics) on a 5,000-image database (500 per class) and
         # 1,000 test queries, with HPCA pre-trained for 1 epoch on 3,000 images (CPU, no fine-tuning; a weak
@@ -125,9 +152,9 @@ ARCHITECTURES: dict[str, ArchPlan] = {
         reductions={1: ("grid", "pcaw", 256), 2: ("grid", "pca", 256), 3: ("flatten", "pca", 256),
                     4: ("flatten", "pca", 256), 5: ("flatten", "pca", 256)},
     ),
-    # The reference's ImageNet-size net (FastHebb code). Hebbian lr 1e-4 and fine-tuning L2 1e-3 are the
-    # reference's ImageNet settings. Whole-image ZCA would need a 132,300 x 132,300 matrix (70 GB): none.
-    "imagenet10": ArchPlan(
+    # The reference's 10-layer ImageNet-size net (FastHebb code). Hebbian lr 1e-4 and fine-tuning L2 1e-3 are
+    # the reference's ImageNet settings. Whole-image ZCA would need a 132,300 x 132,300 matrix (70 GB): none.
+    "conv10": ArchPlan(
         input_size=210,
         in_channels=3,
         layers=(
@@ -145,7 +172,8 @@ ARCHITECTURES: dict[str, ArchPlan] = {
         hebbian_lr=1e-4,
         weight_decay=1e-3,
         rules=("hpca", "swta", "wta"),
-        description="the FastHebb 10-layer ImageNet-size net (210x210 input, layers 1..9; 132 KB per image)",
+        aliases=("imagenet10",),
+        description="the FastHebb 10-layer conv net, ImageNet-size (210x210 input, layers 1..9; 132 KB per image)",
         default_layer=3,
         # NOT MEASURED: chosen by analogy with the 6-layer table and by size. Maps of 12x12 and larger
         # (layers 1..6) are grid-pooled (flattening layer 3 would give 196,608 floats per image, and a PCA fit
@@ -182,17 +210,18 @@ ARCHITECTURES: dict[str, ArchPlan] = {
         # .129/.183), block 3 .150/.194 (avg+pca .128/.186, grid+pca .147/.193); whitening always lost.
         reductions={1: ("flatten", "pca", 256), 2: ("flatten", "pca", 256), 3: ("flatten", "pca", 256)},
     ),
-}
+})
 #: Older names that checkpoints may carry -> current names.
-ALIASES = {alias: name for name, plan in ARCHITECTURES.items() for alias in plan.aliases}
+ALIASES = ARCHITECTURES.aliases
+#: The architecture a network is built on when none is named: the registry's first.
+DEFAULT_ARCH = next(iter(ARCHITECTURES))
 
 
 def canonical_arch(arch: str) -> str:
     """The registry name of `arch` (an older alias maps to its current name); unknown: a `UserError`."""
-    arch = ALIASES.get(arch, arch)
     if arch not in ARCHITECTURES:
         raise UserError(f"unknown architecture '{arch}' (known: {', '.join(ARCHITECTURES)})")
-    return arch
+    return ARCHITECTURES.resolve(arch)
 
 
 def architecture(arch: str) -> ArchPlan:

@@ -5,7 +5,7 @@
   MSE + 0.5·KL; SGD with Nesterov momentum 0.9, lr 1e-3 then halved every epoch in the second half, no L2.
   The reconstruction term is the per-pixel mean and the KL is divided by the pixel count too, i.e. the
   summed β-VAE loss scaled by 1/3072, which keeps plain SGD at lr 1e-3 stable.
-  Then fine-tune the trunk like a Hebbian one. The decoder mirrors cifar6 only: other architectures are refused
+  Then fine-tune the trunk like a Hebbian one. The decoder mirrors conv6 only: other architectures are refused
   (`check_vae_arch`).
 
 SGD from scratch and random frozen features are methods of the one training recipe (`hebb.recipes`).
@@ -29,11 +29,11 @@ from hebb.network import ARCHITECTURES, HebbNet, architecture
 
 LATENTS = 256
 #: Architectures the VAE baseline has a mirror decoder for.
-VAE_ARCHS = ("cifar6",)
+VAE_ARCHS = ("conv6",)
 
 
 def check_vae_arch(arch: str) -> None:
-    """A `UserError` unless the VAE baseline supports `arch` (its decoder mirrors the cifar6 trunk only)."""
+    """A `UserError` unless the VAE baseline supports `arch` (its decoder mirrors the conv6 trunk only)."""
     architecture(arch)  # an unknown name says so
     if arch not in VAE_ARCHS:
         raise UserError(f"VAE pre-training has a decoder for {', '.join(VAE_ARCHS)} only, not '{arch}'")
@@ -45,7 +45,7 @@ def _up(in_ch: int, out_ch: int, kernel: int, upsample: bool = False) -> list[nn
 
 
 class CifarDecoder(nn.Module):
-    """Mirror of the cifar6 trunk: 256 latents -> 4096 -> 256x3x3 -> 192x5x5 -> 128x12x12 -> 96x14x14 -> 3x32x32."""
+    """Mirror of the conv6 trunk: 256 latents -> 4096 -> 256x3x3 -> 192x5x5 -> 128x12x12 -> 96x14x14 -> 3x32x32."""
 
     def __init__(self, latents: int = LATENTS):
         super().__init__()

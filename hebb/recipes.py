@@ -51,6 +51,15 @@ def parse_method(method: str) -> tuple[str, str | None]:
     return rule, (canonical_arch(arch) if arch else None)
 
 
+def canonical_method(method: str) -> str:
+    """`method` with the architecture it names (if any) under its current name, so that results recorded
+    before a rename read as today's method; an unknown name is left as it is (`arch_for` refuses it)."""
+    from hebb.architectures import ARCHITECTURES
+
+    rule, at, arch = method.partition("@")
+    return rule + at + ARCHITECTURES.resolve(arch)
+
+
 def arch_for(method: str, arch: str | None = None) -> str:
     """`arch` checked against `method`, or (None) the architecture the method names ('sgd@wide3') or else the
     first registered architecture built for it."""

@@ -19,7 +19,7 @@ def make_checkpoint(path: Path, images: torch.Tensor, seed: int = 0) -> Path:
     from hebb.network import build_network
 
     torch.manual_seed(seed)
-    net = build_network(arch="cifar6", rule="hpca")
+    net = build_network(arch="conv6", rule="hpca")
     net.fit_input(images[:500])
     save_checkpoint(path, net, {"stage": "pretrain", "seed": seed})
     return path

@@ -36,7 +36,7 @@ def build_tiny_index(work: Path, cifar_data_dir: Path) -> Path:
             shutil.copy(src, images / cls / src.name)
     (images / "cat" / "zz-broken.jpg").write_bytes(b"not a jpeg")  # the build skips it, with a reason
     torch.manual_seed(0)
-    net = build_network("cifar6", num_classes=len(classes), rule="hpca")
+    net = build_network("conv6", num_classes=len(classes), rule="hpca")
     model = work / "model.pt"
     save_checkpoint(model, net, {"classes": classes, "stage": "pretrain"})
     root = work / "index_data"

@@ -15,7 +15,7 @@ from retrieval.features import FeatureExtractor, fit_pca
 @pytest.fixture(scope="module")
 def net_and_images(cifar_splits):
     torch.manual_seed(0)
-    net = build_network(arch="cifar6", rule="hpca")
+    net = build_network(arch="conv6", rule="hpca")
     images = cifar_splits["train"].images[::500][:80]  # 80 images across the classes
     net.fit_input(images)
     return net.eval(), images
@@ -56,7 +56,7 @@ def test_restoring_from_config_gives_the_same_vectors(net_and_images):
 
 def test_auto_defaults_and_bad_settings(net_and_images):
     net, _ = net_and_images
-    for layer, (pooling, projection, dim) in ARCHITECTURES["cifar6"].reductions.items():
+    for layer, (pooling, projection, dim) in ARCHITECTURES["conv6"].reductions.items():
         ext = FeatureExtractor(net, layer)
         assert (ext.pooling, ext.projection, ext.dim) == (pooling, projection, dim or ext.pooled_dim)
     with pytest.raises(UserError, match="too large to index raw"):

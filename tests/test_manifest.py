@@ -11,7 +11,7 @@ from retrieval.index.manifest import Manifest, ManifestError
 #: A manifest.json as written before the Manifest class existed (format version 1, plus a quickstart key).
 OLD_V1 = {
     "format_version": 1, "model_file": "model.pt", "model_checksum": "ab" * 32,
-    "model_source": "/home/me/checkpoints/quickstart-hpca-ft10.pt", "architecture": "cifar6",
+    "model_source": "/home/me/checkpoints/quickstart-hpca-ft10.pt", "architecture": "conv6",
     "model_meta": {"stage": "finetune", "dataset": "cifar10"},
     "features": {"layer": 5, "pooling": "flatten", "projection": "pca", "dim": 256, "pooled_dim": 4096,
                  "input_size": 32},

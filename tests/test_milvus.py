@@ -51,7 +51,7 @@ def test_lite_collection_equals_faiss_flat_through_insert_delete_and_reopen(tmp_
     config = mb.create_collection(tmp_path, {"uri": "milvus.db", "collection": "c"}, d, "sum0",
                                   range(n), vectors, items)
     assert config["index_type"] == "FLAT" and config["metric_type"] == "IP"
-    manifest = Manifest(model_file="model.pt", model_checksum="sum0", architecture="cifar6", features={},
+    manifest = Manifest(model_file="model.pt", model_checksum="sum0", architecture="conv6", features={},
                         dimension=d, item_count=n, backend="milvus", milvus=config)
     flat = faiss.IndexFlatIP(d)
     flat.add(vectors)

@@ -1,4 +1,4 @@
-"""The CIFAR 6-layer net (docs/NETWORKS.md#cifar6), its H/G/R specs, cutting, and safe checkpoints."""
+"""The CIFAR 6-layer net (docs/NETWORKS.md#conv6), its H/G/R specs, cutting, and safe checkpoints."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from hebb.errors import UserError
 from hebb.layers import HebbConv2d
 from hebb.network import BatchNormStar, build_network
 
-CIFAR6_SHAPES = {1: (96, 14, 14), 2: (128, 12, 12), 3: (192, 5, 5), 4: (256, 3, 3), 5: (4096,)}
+CONV6_SHAPES = {1: (96, 14, 14), 2: (128, 12, 12), 3: (192, 5, 5), 4: (256, 3, 3), 5: (4096,)}
 
 
 def test_feature_shapes_match_design():
     net = build_network().eval()
     x = torch.rand(2, 3, 32, 32)
-    for layer, shape in CIFAR6_SHAPES.items():
+    for layer, shape in CONV6_SHAPES.items():
         assert tuple(net.features(x, layer).shape) == (2, *shape)
         assert net.feature_shape(layer) == shape
     assert tuple(net(x).shape) == (2, 10)

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(finetune: end to end; probe: a linear head on the frozen trunk's cached features; probe-std: the "
                     "same head on features standardised per dimension), test "
                     "accuracy, and retrieval mAP@100 / mAP@R / mAP@all (database = training split, queries = "
-                    "test split). Each method runs on its own network (softhebb on wide3, the others on cifar6). "
+                    "test split). Each method runs on its own network (softhebb on wide3, the others on conv6). "
                     "Finished cells go to OUT/results.json at once, with the code version; rerunning skips "
                     "them, so an interrupted sweep continues. OUT/summary.md and plots are written at the end. "
                     "--status says what is done and left, with an estimate of the time left.",

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--images", required=True, help="image folder, or dataset NAME[:train|val|test]")
     b.add_argument("--out", required=True, type=Path, help="index directory to create (e.g. index_data/NAME)")
     b.add_argument("--layer", type=int, default=None,
-                   help="feature layer, 1..5 for a cifar6 model, 1..9 for imagenet10 (default: the top layer of a "
+                   help="feature layer, 1..5 for a conv6 model, 1..9 for conv10 (default: the top layer of a "
                         "fine-tuned model, else 3)")
     b.add_argument("--pooling", default="auto", choices=POOLING_CHOICES,
                    help="spatial pooling of the activation (default: auto = the measured best for the layer)")
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --backend milvus: the index type (default auto: exact FLAT below 100,000 vectors, "
                         "HNSW above)")
     b.add_argument("--batch-size", type=positive_int, default=256,
-                   help="images per forward pass (default 256; use about 16 for imagenet10 models, whose layer-1 "
+                   help="images per forward pass (default 256; use about 16 for conv10 models, whose layer-1 "
                         "activations take 16 MB per image)")
     b.add_argument("--force", action="store_true",
                    help="replace an existing index at --out (a folder that is not an index is never replaced)")

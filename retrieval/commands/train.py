@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "an interrupted run keeps its last finished epoch.",
         epilog="examples: hebbir pretrain --dataset cifar10 --rule hpca --epochs 5 --out models/hpca.pt\n"
                "          hebbir pretrain --dataset cifar10 --rule softhebb --epochs 1 --out models/softhebb.pt\n"
-               "          hebbir pretrain --dataset mine --arch imagenet10 --rule hpca --batch-size 16 "
-               "--out models/in10.pt",
+               "          hebbir pretrain --dataset mine --arch conv10 --rule hpca --batch-size 16 "
+               "--out models/conv10.pt",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="cifar10", help="dataset in the data directory (default: cifar10)")
     p.add_argument("--rule", required=True, help=f"learning rule: {' | '.join(PRETRAIN_RULES)}")
@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "labelled images of the regime (percent of the training split, stratified, seeded), keeping "
                     "the epoch with the best validation accuracy. --readout finetune (default) trains end to "
                     "end with the reference recipe: SGD with Nesterov momentum 0.9, lr 1e-3 for half the epochs "
-                    "then halved every epoch, L2 5e-2 (1e-2 for more than 10 classes; 1e-3 for imagenet10). "
+                    "then halved every epoch, L2 5e-2 (1e-2 for more than 10 classes; 1e-3 for conv10). "
                     "--readout probe freezes the trunk, caches its features once and trains only the head "
                     "(SoftHebb's read-out: Adam lr 1e-3, 50 epochs, lr halved at epochs 10, 17, 25, 30, 35, 40, "
                     "45). With --classifier hebbian the trunk stays frozen and a Hebbian classifier learns from "
@@ -104,8 +104,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--lr", type=float, default=None,
                    help="initial learning rate (default: 1e-3 for a linear classifier, 0.1 for a Hebbian one)")
     f.add_argument("--weight-decay", type=float, default=None,
-                   help="L2 penalty (default for fine-tuning, cifar6: 5e-2 for 10 classes, 1e-2 for more; "
-                        "imagenet10: 1e-3; for a probe: 0)")
+                   help="L2 penalty (default for fine-tuning, conv6: 5e-2 for 10 classes, 1e-2 for more; "
+                        "conv10: 1e-3; for a probe: 0)")
     f.add_argument("--augment", action="store_true", help="random translations and flips of the training images")
     f.add_argument("--limit", type=positive_int, default=None,
                    help="cap the labelled, validation and test images at N each (seeded samples), for quick runs")
@@ -120,8 +120,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_arch(p: argparse.ArgumentParser, default: str | None, when: str = "") -> None:
     """The --arch option: which network architecture to build (choices from the registry)."""
-    p.add_argument("--arch", choices=tuple(ARCHITECTURES), default=default,
-                   help=f"network: {arch_help()}{when}")
+    p.add_argument("--arch", type=ARCHITECTURES.resolve, choices=tuple(ARCHITECTURES), default=default,
+                   help=f"network: {arch_help()}{when}")  # an older name reads as its current one
 
 
 def add_distributed(p: argparse.ArgumentParser, command: str) -> None:
@@ -199,7 +199,7 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.init is not None and args.arch is not None:
         raise UserError("--arch is for --from-scratch and --from-random; a checkpoint given by --init carries "
                         "its own architecture")
-    arch = args.arch or "cifar6"  # with --init: the checkpoint's, checked below
+    arch = args.arch or "conv6"  # with --init: the checkpoint's, checked below
     depth = len(ARCHITECTURES[arch].layers)
     if args.layer is not None and (args.layer < 1 or (args.init is None and args.layer > depth)):
         raise UserError(f"--layer must be in 1..{depth}, got {args.layer}")

@@ -40,8 +40,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hebb.architectures import ARCHITECTURES
 from hebb.errors import UserError
-from hebb.recipes import UNTRAINED_METHODS, arch_for
+from hebb.recipes import UNTRAINED_METHODS, arch_for, canonical_method
 from hebb.recipes import methods as recipe_methods
 
 METHODS = tuple(m for m in recipe_methods() if m != "random") + ("random",)
@@ -101,6 +102,7 @@ class SweepConfig:
         bad = [m for m in self.methods if m.partition("@")[0] not in METHODS]
         if bad:
             raise UserError(f"unknown method(s) {', '.join(bad)} (choose from {', '.join(METHODS)})")
+        self.methods = tuple(canonical_method(m) for m in self.methods)
         bad = [r for r in self.readouts if r not in READOUTS]
         if bad:
             raise UserError(f"unknown read-out(s) {', '.join(bad)} (choose from {', '.join(READOUTS)})")
@@ -201,6 +203,24 @@ def load_results(out: Path) -> dict | None:
         raise UserError(f"{path}: not valid JSON ({exc}); move it away to start afresh") from None
     if data.get("format") != RESULTS_FORMAT:
         raise UserError(f"{path}: not a hebbir evaluation results file")
+    return _current_names(data)
+
+
+def _current_names(data: dict) -> dict:
+    """`data` with the methods of its cells and keys under the architectures' current names (a file written
+    before a rename reads, and resumes, as one written now)."""
+    def key(k: str) -> str:
+        method, slash, rest = k.partition("/")
+        return canonical_method(method) + slash + rest
+
+    for section in ("runs", "pretraining"):
+        if isinstance(data.get(section), dict):
+            data[section] = {key(k): v for k, v in data[section].items()}
+    for record in (data.get("runs") or {}).values():
+        if isinstance(record, dict) and isinstance(record.get("method"), str):
+            record["method"] = canonical_method(record["method"])
+        if isinstance(record, dict) and isinstance(record.get("arch"), str):
+            record["arch"] = ARCHITECTURES.resolve(record["arch"])
     return data
 
 

@@ -54,8 +54,11 @@ def load_model(path: Path | str, device="cpu"):
 
 
 def architecture_of(net, meta: dict) -> str:
+    """The registry name of a checkpoint's architecture (an older name reads as its current one)."""
+    from hebb.architectures import ARCHITECTURES
+
     network = meta.get("network") if isinstance(meta.get("network"), dict) else {}
-    return str(network.get("arch") or getattr(net, "arch", None) or type(net).__name__)
+    return ARCHITECTURES.resolve(str(network.get("arch") or getattr(net, "arch", None) or type(net).__name__))
 
 
 def default_layer(net, meta: dict) -> int:
@@ -79,7 +82,9 @@ def check_model(manifest: Manifest, checksum: str, arch: str, where: str = "") -
         raise UserError(f"{where}model checksum {checksum[:12]} does not match the index's model "
                         f"{manifest.model_checksum[:12]} ({manifest.model_source or '?'}): the vectors were "
                         f"computed with another model; rebuild the index or use its own model copy")
-    if arch != manifest.architecture:
+    from hebb.architectures import ARCHITECTURES
+
+    if ARCHITECTURES.resolve(arch) != ARCHITECTURES.resolve(manifest.architecture):  # an index from before a rename
         raise UserError(f"{where}model architecture {arch} does not match the index's {manifest.architecture}")
 
 
