@@ -92,6 +92,13 @@ class ArchPlan:
         """Default feature layer of a pre-trained (not fine-tuned) net for retrieval."""
         return self.default_layer or self.depth
 
+    @property
+    def first_activation_mb(self) -> float:
+        """MB of one image's float32 layer-1 convolution output (what bounds a forward pass's batch)."""
+        lp = self.layers[0]
+        side = self.input_size + 2 * lp.padding - lp.kernel_size + 1
+        return lp.out_channels * side * side * 4 / 1e6
+
 
 class Registry(Mapping):
     """name -> `ArchPlan`. An older name (an entry's `aliases`) reads as the current one, so that checkpoints,
@@ -237,6 +244,11 @@ def default_rule(arch: str) -> str:
 def arch_help() -> str:
     """One line per architecture, for --help texts."""
     return "; ".join(f"{name}: {plan.description}" for name, plan in ARCHITECTURES.items())
+
+
+def layers_help() -> str:
+    """The feature layers of every architecture, for --help texts: '1..5 for conv6, 1..9 for conv10, ...'."""
+    return ", ".join(f"1..{plan.depth} for {name}" for name, plan in ARCHITECTURES.items())
 
 
 def layer_shapes(plan: ArchPlan) -> list[tuple[int, int]]:

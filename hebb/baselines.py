@@ -5,8 +5,8 @@
   MSE + 0.5·KL; SGD with Nesterov momentum 0.9, lr 1e-3 then halved every epoch in the second half, no L2.
   The reconstruction term is the per-pixel mean and the KL is divided by the pixel count too, i.e. the
   summed β-VAE loss scaled by 1/3072, which keeps plain SGD at lr 1e-3 stable.
-  Then fine-tune the trunk like a Hebbian one. The decoder mirrors conv6 only: other architectures are refused
-  (`check_vae_arch`).
+  Then fine-tune the trunk like a Hebbian one. The decoder mirrors the 6-layer net's trunk only: architectures whose registry
+  entry lists no "vae" rule are refused (`check_vae_arch`).
 
 SGD from scratch and random frozen features are methods of the one training recipe (`hebb.recipes`).
 """
@@ -25,17 +25,16 @@ from tqdm.auto import tqdm
 from hebb.data import to_float
 from hebb.errors import UserError
 from hebb.finetune import reference_lr
-from hebb.network import ARCHITECTURES, HebbNet, architecture
+from hebb.network import ARCHITECTURES, HebbNet, canonical_arch
 
 LATENTS = 256
-#: Architectures the VAE baseline has a mirror decoder for.
-VAE_ARCHS = ("conv6",)
+#: Architectures the VAE baseline has a mirror decoder for (the registry's entries with rule "vae").
+VAE_ARCHS = tuple(name for name, plan in ARCHITECTURES.items() if "vae" in plan.rules)
 
 
 def check_vae_arch(arch: str) -> None:
-    """A `UserError` unless the VAE baseline supports `arch` (its decoder mirrors the conv6 trunk only)."""
-    architecture(arch)  # an unknown name says so
-    if arch not in VAE_ARCHS:
+    """A `UserError` unless the VAE baseline supports `arch` (its decoder mirrors the 6-layer trunk only)."""
+    if canonical_arch(arch) not in VAE_ARCHS:  # an unknown name says so first
         raise UserError(f"VAE pre-training has a decoder for {', '.join(VAE_ARCHS)} only, not '{arch}'")
 
 
@@ -45,7 +44,7 @@ def _up(in_ch: int, out_ch: int, kernel: int, upsample: bool = False) -> list[nn
 
 
 class CifarDecoder(nn.Module):
-    """Mirror of the conv6 trunk: 256 latents -> 4096 -> 256x3x3 -> 192x5x5 -> 128x12x12 -> 96x14x14 -> 3x32x32."""
+    """Mirror of the 6-layer net's trunk: 256 latents -> 4096 -> 256x3x3 -> 192x5x5 -> 128x12x12 -> 96x14x14 -> 3x32x32."""
 
     def __init__(self, latents: int = LATENTS):
         super().__init__()

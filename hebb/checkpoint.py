@@ -5,7 +5,7 @@ A checkpoint file holds {"format": "hebbir-checkpoint", "format_version": 1, "me
 
     format_version  int
     network         dict: arch, num_classes, rule, spec, cut_layer, zca, temperature (`HebbNet.config()`)
-    input_size      int (32 for conv6, 210 for conv10)
+    input_size      int (the architecture's input side, e.g. 32 or 210)
     created         ISO time (UTC)
 
 and, by convention of the training code: classes (list of class names or None), dataset, split_seed,

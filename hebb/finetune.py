@@ -34,9 +34,9 @@ from hebb.errors import UserError
 from hebb.network import ARCHITECTURES, HebbNet, trainable_parameters
 
 
-def default_weight_decay(num_classes: int, arch: str = "conv6") -> float:
-    """The reference L2 penalty: for conv6 5e-2 for CIFAR-10-sized problems, 1e-2 for CIFAR-100; an
-    architecture with its own reference value (conv10: 1e-3, `ArchPlan.weight_decay`) gets that."""
+def default_weight_decay(num_classes: int, arch: str | None = None) -> float:
+    """The reference L2 penalty: the architecture's own reference value where it has one
+    (`ArchPlan.weight_decay`), else 5e-2 for CIFAR-10-sized problems (up to 10 classes), 1e-2 for more."""
     plan = ARCHITECTURES.get(arch)
     if plan is not None and plan.weight_decay is not None:
         return plan.weight_decay
@@ -156,7 +156,7 @@ def finetune(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int | N
              progress: bool = True) -> tuple[HebbNet, dict]:
     """Fine-tune `net` cut after `layer` end to end on the labelled `train` set; early stopping on `val`.
 
-    layer None: the net's top feature layer (5 for a whole conv6 net, 9 for conv10). If the net is not
+    layer None: the net's top feature layer (its architecture's depth for a whole net). If the net is not
     yet cut at `layer` for this many classes, it is cut (a fresh classifier of the spec's kind; a Hebbian
     classifier, which backprop cannot train, is replaced by a linear one: to train that, use
     `train_hebbian_classifier`). R layers stay frozen. weight_decay None = `default_weight_decay`. Returns

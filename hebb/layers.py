@@ -87,7 +87,7 @@ class HebbConv2d(nn.Module):
         return w / torch.where(norms > 0, norms, torch.ones_like(norms))[:, None, None, None]
 
     def _covers_map(self, x: torch.Tensor) -> bool:
-        """Whether the kernel covers the whole input map (a fully connected layer, e.g. layer 5 of conv6)."""
+        """Whether the kernel covers the whole input map (a fully connected layer, e.g. layer 5 of the 6-layer net)."""
         return x.shape[-2] == self.kernel_size and x.shape[-1] == self.kernel_size
 
     def _preactivation(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,9 @@
 """The networks of docs/NETWORKS.md and their Hebbian / backprop / random-frozen variants.
 
-Two architectures (`ARCHITECTURES`): "conv6", the CIFAR 6-layer net (32x32 input, feature layers 1..5), and
-"conv10", the reference's 10-layer ImageNet-size net (210x210 input, feature layers 1..9). A network is
-a stack of feature layers and a classifier (dropout 0.5 + linear). Each feature layer is built from one
-letter of a *spec* string (one letter per layer, the last one the classifier: 6 letters for conv6, 10 for
-conv10):
+The architectures are the registry's (`ARCHITECTURES`, from `hebb.architectures`): the 6-layer CIFAR net,
+the reference's 10-layer ImageNet-size net and SoftHebb's wide net. A network is a stack of feature layers
+and a classifier (dropout 0.5 + linear). Each feature layer is built from one letter of a *spec* string
+(one letter per layer, the last one the classifier: depth + 1 letters):
 
     H  Hebbian: `HebbConv2d` with the network's rule (learns in `pretrain`, and by backprop when fine-tuned)
     G  gradient descent: a plain convolution + ReLU, trained by backprop only
@@ -26,8 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hebb.architectures import (ALIASES, ARCHITECTURES, ArchPlan, LayerPlan, arch_help, architecture,  # noqa: F401
-                                 canonical_arch, default_rule, layer_shapes)
+from hebb.architectures import (ALIASES, ARCHITECTURES, DEFAULT_ARCH, ArchPlan, LayerPlan, arch_help,  # noqa: F401
+                                 architecture, canonical_arch, default_rule, layer_shapes)
 from hebb.errors import UserError
 
 HEBBIAN_RULES = ("hpca", "swta", "wta", "softhebb")
@@ -61,7 +60,7 @@ class BatchNormStar(nn.BatchNorm2d):
 class MaxPool2d(nn.MaxPool2d):
     """Max pooling that runs in channels-last layout on the CPU: the same values, and for SoftHebb's
     overlapping 4x4 pools on (10, 96, 32, 32) 18x faster than torch's NCHW CPU kernel (0.5 against 9.2 ms;
-    a whole wide3 training step about 10% faster, measured 2026-12-02, one thread)."""
+    a whole SoftHebb wide-net training step about 10% faster, measured 2026-12-02, one thread)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or x.dim() != 4:
@@ -181,7 +180,7 @@ class HebbianClassifier(nn.Module):
 class HebbNet(nn.Module):
     """A feature-layer stack plus classifier; see the module docstring. Build it with `build_network`."""
 
-    def __init__(self, arch: str = "conv6", num_classes: int = 10, rule: str = "hpca", spec: str | None = None,
+    def __init__(self, arch: str = DEFAULT_ARCH, num_classes: int = 10, rule: str = "hpca", spec: str | None = None,
                  cut_layer: int | None = None, zca: bool | None = None, temperature: float = 0.02):
         super().__init__()
         arch = canonical_arch(arch)
@@ -251,7 +250,7 @@ class HebbNet(nn.Module):
 
     @property
     def num_feature_layers(self) -> int:
-        """Feature layers this net has (5 for the full conv6 net, 9 for conv10, fewer once cut)."""
+        """Feature layers this net has (its architecture's depth, fewer once cut)."""
         return len(self.layers)
 
     def feature_shape(self, layer: int) -> tuple[int, ...]:
@@ -267,8 +266,8 @@ class HebbNet(nn.Module):
                 "cut_layer": self.cut_layer, "zca": self.use_zca, "temperature": self.temperature}
 
     def first_layer_kernels(self) -> torch.Tensor:
-        """The learned layer-1 kernels, float32 on the CPU (for drawing): (96, 3, 5, 5) for conv6, (96, 3, 7, 7)
-        for conv10."""
+        """The learned layer-1 kernels, float32 on the CPU (for drawing), e.g. (96, 3, 5, 5) for the 6-layer
+        net."""
         return self.layers[0].conv.weight.detach().float().cpu().clone()
 
     def hebbian_modules(self) -> list[tuple[int, nn.Module]]:
@@ -327,8 +326,8 @@ class HebbNet(nn.Module):
     def features(self, x: torch.Tensor, layer: int | None = None) -> torch.Tensor:
         """Activation after feature layer `layer` (1..num_feature_layers, after its BN; default: the last).
 
-        x: float (N, 3, S, S) in [0, 1], S = `input_size` (32 for conv6, 210 for conv10). Conv layers
-        give (N, C, H, W); the top (fully connected) layer of the architecture, 5 or 9, gives (N, 4096).
+        x: float (N, 3, S, S) in [0, 1], S = `input_size` (the architecture's). Conv layers give (N, C, H, W);
+        a fully connected top layer (the 6- and 10-layer nets') gives (N, 4096).
         """
         layer = self.num_feature_layers if layer is None else layer
         self._check_layer(layer)
@@ -370,16 +369,17 @@ class HebbNet(nn.Module):
         return self
 
 
-def build_network(arch: str = "conv6", num_classes: int = 10, rule: str = "hpca", spec: str | None = None,
+def build_network(arch: str = DEFAULT_ARCH, num_classes: int = 10, rule: str = "hpca", spec: str | None = None,
                   **options) -> HebbNet:
     """Build a network of `arch` (see `ARCHITECTURES`).
 
-    arch: "conv6" (5 feature layers, 32x32 input) or "conv10" (9 feature layers, 210x210 input).
-    rule: "hpca" | "swta" | "wta" (the rule of the H layers; default spec "HHHHHG" for conv6), "sgd" / "vae"
-    (all G), "random" (feature layers R, classifier G). spec: one letter per layer (H, G, R), classifier last
-    (6 letters for conv6, 10 for conv10); an H classifier (`HebbianClassifier`) is allowed with every
-    rule, H feature layers only with a Hebbian one. options: cut_layer (1..depth, default: all layers),
-    zca (default: True for swta/wta on conv6; conv10 cannot use it), temperature (soft-WTA, 0.02).
+    arch: a registry name (default: the registry's first, the 6-layer net; `arch_help()` lists them).
+    rule: "hpca" | "swta" | "wta" | "softhebb" (the rule of the H layers; default spec all H and a G
+    classifier, "HHHHHG" on the 6-layer net), "sgd" / "vae" (all G), "random" (feature layers R, classifier G).
+    spec: one letter per layer (H, G, R), classifier last (depth + 1 letters); an H classifier
+    (`HebbianClassifier`) is allowed with every rule, H feature layers only with a Hebbian one. options:
+    cut_layer (1..depth, default: all layers), zca (default: True for swta/wta where the architecture allows
+    whole-image ZCA, `ArchPlan.zca_ok`), temperature (soft-WTA, 0.02).
     """
     return HebbNet(arch=arch, num_classes=num_classes, rule=rule, spec=spec, **options)
 

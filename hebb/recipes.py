@@ -7,7 +7,7 @@ these functions, so a method means the same thing everywhere (docs/NETWORKS.md#r
   rules learn from the unlabelled images (`hebb.pretrain.pretrain`), "vae" trains the trunk as a VAE encoder,
   "sgd" is a fresh network, "random" a network of frozen random layers whose BN statistics are measured.
   All fit the input normalisation on the unlabelled images. A method runs on the first architecture built for
-  it unless it names one: "sgd@wide3" is SGD from scratch on the wide3 net.
+  it unless it names one: "sgd@ARCH" is SGD from scratch on the registry's architecture ARCH.
 - `read_out(net, readout, labelled, val, layer, ...)`: "finetune" (end to end, `hebb.finetune.finetune`),
   "probe" (frozen trunk, linear head on cached features, `hebb.finetune.probe`), "probe-std" (the same head
   on features standardised per dimension, ours: the reference probe has none) or "hebbian" (frozen trunk,
@@ -46,7 +46,7 @@ def methods(arch: str | None = None) -> tuple[str, ...]:
 
 
 def parse_method(method: str) -> tuple[str, str | None]:
-    """'rule' or 'rule@arch' (a method on another architecture than its first, e.g. 'sgd@wide3') -> (rule, arch)."""
+    """'rule' or 'rule@arch' (a method on another architecture than its first) -> (rule, current arch name)."""
     rule, _, arch = method.partition("@")
     return rule, (canonical_arch(arch) if arch else None)
 
@@ -61,7 +61,7 @@ def canonical_method(method: str) -> str:
 
 
 def arch_for(method: str, arch: str | None = None) -> str:
-    """`arch` checked against `method`, or (None) the architecture the method names ('sgd@wide3') or else the
+    """`arch` checked against `method`, or (None) the architecture the method names ('rule@arch') or else the
     first registered architecture built for it."""
     from hebb.architectures import ARCHITECTURES
 

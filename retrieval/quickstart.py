@@ -3,7 +3,7 @@
 Steps (each reused when its result already exists with the same settings; `force` redoes them):
   1. CIFAR-10 in the data directory, imported from `$HEBBIR_CIFAR10_ARCHIVE`, else
      `../shared/datasets/cifar10-jpg.tar.gz` beside the repository, else downloaded through torchvision;
-  2. a SoftHebb pre-trained wide3 network (one epoch, no labels) -> `CHECKPOINTS/quickstart-softhebb.pt`;
+  2. a SoftHebb pre-trained network, its wide 3-block net (one epoch, no labels) -> `CHECKPOINTS/quickstart-softhebb.pt`;
   3. its linear probe on the 10% label regime (frozen trunk) -> `CHECKPOINTS/quickstart-softhebb-probe10.pt`;
   4. an index of the 40,000-image training split at `index_data/quickstart` (block 3, the registry's default
      reduction, exact search).

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,3 +107,38 @@ def test_results_written_with_old_names_read_as_current_ones(tmp_path):
     rec = data["runs"]["sgd@conv6/r10/l5/s0"]
     assert rec["method"] == "sgd@conv6" and rec["arch"] == "conv6" and row_key(rec) == "sgd@conv6"
 
+
+
+ROOT = Path(__file__).resolve().parent.parent
+REGISTRY = ROOT / "hebb" / "architectures.py"
+
+
+def _sources() -> list[Path]:
+    found = [ROOT / "app.py"]
+    for folder in ("hebb", "retrieval", "index_data"):
+        found += sorted((ROOT / folder).rglob("*.py"))
+    return [p for p in found if p.is_file() and p != REGISTRY]
+
+
+def architecture_names_in(path: Path) -> list[tuple[int, str]]:
+    """(line, name) of every string literal (docstrings and f-string parts included) of `path` that names a
+    registered architecture, by its current or an older name."""
+    names = sorted(set(ARCHITECTURES) | set(ARCHITECTURES.aliases), key=len, reverse=True)
+    pattern = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(map(re.escape, names)) + r")(?![A-Za-z0-9_])")
+    hits = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            hits += [(node.lineno + node.value[:m.start()].count("\n"), m.group(1))
+                     for m in pattern.finditer(node.value)]
+    return hits
+
+
+def test_the_scan_finds_a_name(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text('"""Doc of wide3."""\nx = f"on {y} conv6"\nz = "conv64 and cifar6x"  # conv10\n')
+    assert architecture_names_in(path) == [(1, "wide3"), (2, "conv6")]
+
+
+def test_no_module_outside_the_registry_names_an_architecture():
+    found = {str(p.relative_to(ROOT)): hits for p in _sources() if (hits := architecture_names_in(p))}
+    assert found == {}, "architecture names belong in hebb/architectures.py; ask the registry instead"

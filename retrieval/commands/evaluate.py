@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from hebb.errors import UserError
+from hebb.recipes import arch_for
 from hebb.recipes import methods as _recipe_methods
 from retrieval.commands.common import add_data_dir, add_device, positive_int, resolve_device
 
@@ -25,6 +26,14 @@ def _layers(text: str):
     return "best" if text.strip().lower() == "best" else _csv(int)(text)
 
 
+def _networks() -> str:
+    """The network each method runs on, for the help text: 'hpca, swta, ... on ARCH; ...'."""
+    on: dict[str, list[str]] = {}
+    for method in METHODS:
+        on.setdefault(arch_for(method), []).append(method)
+    return "; ".join(f"{', '.join(methods)} on {arch}" for arch, methods in on.items())
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="accuracy and retrieval mAP across methods, label regimes, layers and seeds",
@@ -33,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(finetune: end to end; probe: a linear head on the frozen trunk's cached features; probe-std: the "
                     "same head on features standardised per dimension), test "
                     "accuracy, and retrieval mAP@100 / mAP@R / mAP@all (database = training split, queries = "
-                    "test split). Each method runs on its own network (softhebb on wide3, the others on conv6). "
+                    f"test split). Each method runs on its own network ({_networks()}; METHOD@ARCH for another). "
                     "Finished cells go to OUT/results.json at once, with the code version; rerunning skips "
                     "them, so an interrupted sweep continues. OUT/summary.md and plots are written at the end. "
                     "--status says what is done and left, with an estimate of the time left.",

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from hebb.architectures import ARCHITECTURES, layers_help
 from retrieval.commands.common import add_data_dir, add_device, positive_int
 
 POOLING_CHOICES = ["auto", "flatten", "avg", "max", "avgmax", "grid"]
@@ -29,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--images", required=True, help="image folder, or dataset NAME[:train|val|test]")
     b.add_argument("--out", required=True, type=Path, help="index directory to create (e.g. index_data/NAME)")
     b.add_argument("--layer", type=int, default=None,
-                   help="feature layer, 1..5 for a conv6 model, 1..9 for conv10 (default: the top layer of a "
-                        "fine-tuned model, else 3)")
+                   help=f"feature layer, {layers_help()} (default: the top layer of a fine-tuned model, else the "
+                        "architecture's default feature layer)")
     b.add_argument("--pooling", default="auto", choices=POOLING_CHOICES,
                    help="spatial pooling of the activation (default: auto = the measured best for the layer)")
     b.add_argument("--projection", default="auto", choices=PROJECTION_CHOICES,
@@ -50,9 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--milvus-index", default="auto", choices=["auto", "FLAT", "HNSW", "IVF_FLAT"],
                    help="with --backend milvus: the index type (default auto: exact FLAT below 100,000 vectors, "
                         "HNSW above)")
-    b.add_argument("--batch-size", type=positive_int, default=256,
-                   help="images per forward pass (default 256; use about 16 for conv10 models, whose layer-1 "
-                        "activations take 16 MB per image)")
+    b.add_argument("--batch-size", type=positive_int, default=256, help=_batch_help())
     b.add_argument("--force", action="store_true",
                    help="replace an existing index at --out (a folder that is not an index is never replaced)")
     add_exclude(b)
@@ -101,6 +100,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "Damage to any other file needs a rebuild (hebbir index build --force).")
     r.add_argument("--index", required=True, type=Path, help="index directory")
     r.set_defaults(func=_repair)
+
+
+def _batch_help() -> str:
+    big = {name: plan.first_activation_mb for name, plan in ARCHITECTURES.items() if plan.first_activation_mb > 4}
+    return "images per forward pass (default 256" + "".join(
+        f"; use about {max(1, int(256 / mb))} for {name} models, whose layer-1 activations take {mb:.0f} MB "
+        "per image"
+        for name, mb in big.items()) + ")"
 
 
 def add_exclude(p: argparse.ArgumentParser) -> None:

@@ -10,14 +10,15 @@ from retrieval.commands.common import add_data_dir, add_device, add_seed, positi
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from retrieval.quickstart import CPU_CONFIG, DEFAULT_CHECKPOINTS, DEFAULT_OUT, GPU_CONFIG
+    from hebb.recipes import arch_for
+    from retrieval.quickstart import CPU_CONFIG, DEFAULT_CHECKPOINTS, DEFAULT_OUT, GPU_CONFIG, METHOD
 
     p = sub.add_parser(
         "quickstart", help="CIFAR-10 -> SoftHebb model -> 10%% probe -> index, ready for the app",
         description=(
             "The embedded default: import CIFAR-10 (from $HEBBIR_CIFAR10_ARCHIVE, ../shared/datasets/"
-            "cifar10-jpg.tar.gz, or the internet), pre-train the wide3 network with SoftHebb (one epoch, no "
-            "labels), train a linear probe on its block-3 features with 10% of the labels, and index the "
+            f"cifar10-jpg.tar.gz, or the internet), pre-train the {arch_for(METHOD)} network with SoftHebb (one "
+            "epoch, no labels), train a linear probe on its block-3 features with 10% of the labels, and index the "
             "40,000-image training split with the frozen features. "
             f"On a GPU: pre-training on all images, {GPU_CONFIG['finetune_epochs']} probe epochs. On a CPU "
             f"(sized for about 15 minutes on 2 idle cores): pre-training on {CPU_CONFIG['pretrain_images']:,} "

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hebb.architectures import ARCHITECTURES, DEFAULT_ARCH, arch_help, layers_help
+from hebb.recipes import arch_for
 from retrieval.commands.common import add_data_dir, add_device, add_seed, positive_int, resolve_device
 
-from hebb.architectures import ARCHITECTURES, arch_help
+#: The architecture with the largest input, for the examples.
+_LARGEST = max(ARCHITECTURES, key=lambda name: ARCHITECTURES[name].input_size)
 
 
 def _methods() -> tuple[str, ...]:
@@ -26,20 +29,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pretrain", help="unsupervised pre-training (Hebbian rules or the VAE baseline)",
         description="Pre-train a network on all images of the training split, without labels. Hebbian rules: "
                     "hpca (Hebbian PCA), swta (soft winner-takes-all), wta (hard winner-takes-all), softhebb "
-                    "(SoftHebb: soft WTA with anti-Hebbian losers and a norm-adaptive rate, on the wide3 net; "
-                    "one epoch is its recipe); all Hebbian layers learn in the same forward pass. vae: the trunk "
+                    f"(SoftHebb: soft WTA with anti-Hebbian losers and a norm-adaptive rate, on the "
+                    f"{arch_for('softhebb')} net; one epoch is its recipe); all Hebbian layers learn in the same forward pass. vae: the trunk "
                     "is trained as a VAE encoder (baseline). The checkpoint is rewritten after every epoch, so "
                     "an interrupted run keeps its last finished epoch.",
         epilog="examples: hebbir pretrain --dataset cifar10 --rule hpca --epochs 5 --out models/hpca.pt\n"
                "          hebbir pretrain --dataset cifar10 --rule softhebb --epochs 1 --out models/softhebb.pt\n"
-               "          hebbir pretrain --dataset mine --arch conv10 --rule hpca --batch-size 16 "
-               "--out models/conv10.pt",
+               f"          hebbir pretrain --dataset mine --arch {_LARGEST} --rule hpca --batch-size 16 "
+               f"--out models/{_LARGEST}.pt",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="cifar10", help="dataset in the data directory (default: cifar10)")
     p.add_argument("--rule", required=True, help=f"learning rule: {' | '.join(PRETRAIN_RULES)}")
     add_arch(p, None, " (default: the first one built for the rule: "
-             + ", ".join(f"{r} -> {next(n for n, a in ARCHITECTURES.items() if r in a.rules + ('vae',) * a.vae)}"
-                         for r in PRETRAIN_RULES) + ")")
+             + ", ".join(f"{r} -> {arch_for(r)}" for r in PRETRAIN_RULES) + ")")
     p.add_argument("--spec", default=None,
                    help="layer kinds, one letter per layer, classifier last (" + ", ".join(
                        f"{len(a.layers) + 1} letters for {n}" for n, a in ARCHITECTURES.items())
@@ -70,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "labelled images of the regime (percent of the training split, stratified, seeded), keeping "
                     "the epoch with the best validation accuracy. --readout finetune (default) trains end to "
                     "end with the reference recipe: SGD with Nesterov momentum 0.9, lr 1e-3 for half the epochs "
-                    "then halved every epoch, L2 5e-2 (1e-2 for more than 10 classes; 1e-3 for conv10). "
+                    f"then halved every epoch, L2 5e-2 (1e-2 for more than 10 classes; {_own_weight_decay()}). "
                     "--readout probe freezes the trunk, caches its features once and trains only the head "
                     "(SoftHebb's read-out: Adam lr 1e-3, 50 epochs, lr halved at epochs 10, 17, 25, 30, 35, 40, "
                     "45). With --classifier hebbian the trunk stays frozen and a Hebbian classifier learns from "
@@ -90,8 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--regime", type=float, default=10.0,
                    help="percent of the training split that carries labels, in (0, 100] (default: 10)")
     f.add_argument("--layer", type=int, default=None,
-                   help="cut the network after this layer, " + ", ".join(
-                       f"1..{len(a.layers)} for {n}" for n, a in ARCHITECTURES.items()) + " (default: the top layer)")
+                   help=f"cut the network after this layer, {layers_help()} (default: the top layer)")
     f.add_argument("--readout", choices=("finetune", "probe", "probe-std"), default="finetune",
                    help="finetune: train everything end to end (default); probe: frozen trunk, linear head on its "
                         "cached features; probe-std: the same head on features standardised per dimension")
@@ -104,8 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--lr", type=float, default=None,
                    help="initial learning rate (default: 1e-3 for a linear classifier, 0.1 for a Hebbian one)")
     f.add_argument("--weight-decay", type=float, default=None,
-                   help="L2 penalty (default for fine-tuning, conv6: 5e-2 for 10 classes, 1e-2 for more; "
-                        "conv10: 1e-3; for a probe: 0)")
+                   help="L2 penalty (default for fine-tuning: 5e-2 for 10 classes, 1e-2 for more; "
+                        f"{_own_weight_decay()}; for a probe: 0)")
     f.add_argument("--augment", action="store_true", help="random translations and flips of the training images")
     f.add_argument("--limit", type=positive_int, default=None,
                    help="cap the labelled, validation and test images at N each (seeded samples), for quick runs")
@@ -116,6 +117,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_seed(f)
     add_distributed(f, "finetune")
     f.set_defaults(func=_data_parallel(_finetune))
+
+
+def _own_weight_decay() -> str:
+    """The architectures with a reference fine-tuning L2 penalty of their own, for help texts."""
+    return ", ".join(f"{plan.weight_decay:g} for {name}" for name, plan in ARCHITECTURES.items()
+                     if plan.weight_decay is not None)
 
 
 def add_arch(p: argparse.ArgumentParser, default: str | None, when: str = "") -> None:
@@ -199,7 +206,7 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.init is not None and args.arch is not None:
         raise UserError("--arch is for --from-scratch and --from-random; a checkpoint given by --init carries "
                         "its own architecture")
-    arch = args.arch or "conv6"  # with --init: the checkpoint's, checked below
+    arch = args.arch or DEFAULT_ARCH  # with --init: the checkpoint's, checked below
     depth = len(ARCHITECTURES[arch].layers)
     if args.layer is not None and (args.layer < 1 or (args.init is None and args.layer > depth)):
         raise UserError(f"--layer must be in 1..{depth}, got {args.layer}")

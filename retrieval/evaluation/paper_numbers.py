@@ -47,7 +47,7 @@ READOUT_NAMES = {"probe": "probe", "probe-std": "probe, standardised features"}
 
 
 def method_name(key: str) -> str:
-    """Display name of a table row: 'softhebb probe' -> 'SoftHebb (probe)', 'sgd@wide3' -> 'SGD (scratch), wide3'."""
+    """Display name of a table row: 'softhebb probe' -> 'SoftHebb (probe)', 'sgd@ARCH' -> 'SGD (scratch), ARCH'."""
     method, _, readout = key.partition(" ")
     rule, _, arch = method.partition("@")
     name = METHOD_NAMES.get(rule, rule) + (f", {arch}" if arch else "")
