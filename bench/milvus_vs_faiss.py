@@ -16,7 +16,6 @@ import os
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -104,11 +103,11 @@ def main(argv=None) -> int:
     import milvus_lite
     import pymilvus
 
-    from retrieval.evaluation.sweep import device_description
+    from hebb.runtime import device_description, utc_now
 
     started = time.perf_counter()
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": utc_now(),
         "machine": device_description("cpu"),
         "load": list(os.getloadavg()),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),

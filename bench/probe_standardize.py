@@ -16,7 +16,6 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hebb.data import load_splits  # noqa: E402
 from hebb.finetune import extract_features, fit_linear_head, head_accuracy  # noqa: E402
 from hebb.recipes import pretrained_network  # noqa: E402
-from retrieval.evaluation.sweep import code_version, device_description  # noqa: E402
+from hebb.runtime import code_version, device_description, utc_now  # noqa: E402
 
 
 def main() -> int:
@@ -76,7 +75,7 @@ def main() -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({
-            "command": " ".join(sys.argv), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv), "date": utc_now(),
             "device": device_description("cpu"), "code": code_version(), "torch_threads": torch.get_num_threads(),
             "pretrain_images": args.pretrain, "labelled": args.labelled, "val": args.val,
             "probe_epochs": args.probe_epochs, "pretrain_s": round(pretrain_s, 1), "kernel_norms": norms,

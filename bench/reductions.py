@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from hebb.checkpoint import load_checkpoint  # noqa: E402
 from hebb.data import load_splits, regime_indices  # noqa: E402
 from hebb.finetune import extract_features  # noqa: E402
-from retrieval.evaluation.sweep import code_version, device_description  # noqa: E402
+from hebb.runtime import code_version, device_description, utc_now  # noqa: E402
 from retrieval.features import POOLINGS, FeatureExtractor  # noqa: E402
 from retrieval.evaluation.metrics import rank_database  # noqa: E402
 
@@ -58,7 +57,7 @@ def main() -> int:
     db = splits["train"].subset(regime_indices(splits["train"].labels, args.db_percent, seed=0))
     queries = splits["test"].subset(regime_indices(splits["test"].labels, args.query_percent, seed=0))
     unseen = [int(c) for c in args.transfer_classes.split(",")]
-    report = {"command": " ".join(sys.argv), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    report = {"command": " ".join(sys.argv), "date": utc_now(),
               "device": device_description("cpu"), "code": code_version(), "database": len(db),
               "queries": len(queries), "transfer_classes": unseen, "models": {}}
     for model in args.model:

@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from hebb.data import load_splits  # noqa: E402
 from hebb.finetune import probe  # noqa: E402
 from hebb.network import build_network  # noqa: E402
 from hebb.pretrain import pretrain  # noqa: E402
-from retrieval.evaluation.sweep import code_version, device_description  # noqa: E402
+from hebb.runtime import code_version, device_description, utc_now  # noqa: E402
 
 
 def main() -> int:
@@ -63,7 +62,7 @@ def main() -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({
-            "command": " ".join(sys.argv), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv), "date": utc_now(),
             "device": device_description("cpu"), "code": code_version(), "pretrain_images": args.pretrain,
             "labelled": args.labelled, "val": args.val, "probe_epochs": args.probe_epochs, "rows": rows}, indent=1))
     return 0

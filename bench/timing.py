@@ -14,14 +14,16 @@ from typing import Callable
 
 import torch
 
+from hebb.errors import UserError
+from hebb.runtime import cpu_model, resolve_device
+
 
 def pick_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench: --device cuda asked for, but torch sees no CUDA device")
-    return torch.device(name)
+    """'auto' -> cuda when available, else cpu (`hebb.runtime.resolve_device`); a missing GPU ends the bench."""
+    try:
+        return resolve_device(name)
+    except UserError as exc:
+        raise SystemExit(f"bench: {exc}") from None
 
 
 def sync(device: torch.device) -> None:
@@ -110,8 +112,6 @@ def device_name(device: torch.device) -> str:
     """GPU name, or CPU model with the core count and torch's thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from retrieval.evaluation.sweep import cpu_model
-
     return f"{cpu_model()}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads)"
 
 

@@ -10,7 +10,7 @@ A checkpoint file holds {"format": "hebbir-checkpoint", "format_version": 1, "me
 
 and, by convention of the training code: classes (list of class names or None), dataset, split_seed,
 stage ("pretrain" | "finetune"), training (settings dict), timings (dict), metrics (dict).
-Writes are atomic (temporary file + os.replace), so a crash never leaves half a checkpoint behind.
+Writes are atomic (`hebb.runtime.atomic_write`), so a crash never leaves half a checkpoint behind.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from hebb.errors import UserError
 from hebb.network import HebbNet, build_network
+from hebb.runtime import atomic_write, utc_now
 
 FORMAT = "hebbir-checkpoint"
 FORMAT_VERSION = 1
@@ -35,8 +34,7 @@ def save_checkpoint(path: str | os.PathLike, net: HebbNet, meta: dict | None = N
     """Write `net` and JSON-able `meta` to `path` atomically; return the full metadata written."""
     path = Path(path)
     full = dict(meta or {})
-    full.update(format_version=FORMAT_VERSION, network=net.config(), input_size=net.input_size,
-                created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    full.update(format_version=FORMAT_VERSION, network=net.config(), input_size=net.input_size, created=utc_now())
     full.setdefault("classes", None)
     try:
         meta_text = json.dumps(full)
@@ -44,16 +42,8 @@ def save_checkpoint(path: str | os.PathLike, net: HebbNet, meta: dict | None = N
         raise UserError(f"checkpoint metadata is not JSON-able: {exc}") from None
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta_text, "state": state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "meta": meta_text, "state": state}, f)
     return full
 
 

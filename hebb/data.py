@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from hebb.errors import UserError
 from hebb.images import ImageLoadError, image_to_array, iter_image_files, load_image
+from hebb.runtime import atomic_write, write_json_atomic
 
 DATA_DIR_ENV = "HEBBIR_DATA_DIR"
 TORCHVISION_DATASETS = ("cifar10", "cifar100")
@@ -256,13 +257,10 @@ def load_folder(split_dir: Path | str, size: int = 32, cache_dir: Path | str | N
     images = np.stack([arrays[i] for i in keep]) if keep else np.zeros((0, 3, size, size), np.uint8)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = array_file.with_suffix(".tmp.npy")
-        np.save(tmp, images)
-        os.replace(tmp, array_file)
-        tmp_meta = meta_file.with_suffix(".tmp")
-        tmp_meta.write_text(json.dumps({"version": CACHE_VERSION, "listing": rel, "kept": keep,
-                                        "skipped": skipped, "classes": classes}))
-        os.replace(tmp_meta, meta_file)
+        with atomic_write(array_file, "wb") as f:
+            np.save(f, images)
+        write_json_atomic(meta_file, {"version": CACHE_VERSION, "listing": rel, "kept": keep, "skipped": skipped,
+                                      "classes": classes}, indent=None)
     return ArraySet(torch.from_numpy(images), torch.tensor([labels[i] for i in keep], dtype=torch.long),
                     [str(paths[i]) for i in keep], classes)
 

@@ -95,7 +95,8 @@ def quickstart(out=DEFAULT_OUT, checkpoints=DEFAULT_CHECKPOINTS, data_dir=None, 
     from hebb.checkpoint import file_checksum, load_checkpoint, save_checkpoint
     from hebb.data import load_splits, regime_indices
     from hebb.recipes import arch_for, pretrained_network, read_out
-    from retrieval.index import build_index, is_index_dir, read_manifest, resolve_device
+    from hebb.runtime import resolve_device
+    from retrieval.index import build_index, is_index_dir, read_manifest
     from retrieval.sources import open_source
 
     t_start = time.perf_counter()

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from hebb.data import DATA_DIR_ENV, default_data_dir
-from hebb.errors import UserError
+from hebb.runtime import DEVICES
 
 
 def add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -15,23 +15,12 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    p.add_argument("--device", default="auto", choices=DEVICES,
                    help="where to compute: auto picks cuda when a GPU is visible (default: auto)")
 
 
 def add_seed(p: argparse.ArgumentParser, default: int = 0) -> None:
     p.add_argument("--seed", type=int, default=default, help=f"random seed (default: {default})")
-
-
-def resolve_device(name: str):
-    """'auto' | 'cpu' | 'cuda' -> torch.device, with a clear error when CUDA is asked for but absent."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible to torch")
-    return torch.device(name)
 
 
 def positive_int(text: str) -> int:

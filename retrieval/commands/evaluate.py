@@ -8,7 +8,8 @@ from pathlib import Path
 from hebb.errors import UserError
 from hebb.recipes import arch_for
 from hebb.recipes import methods as _recipe_methods
-from retrieval.commands.common import add_data_dir, add_device, positive_int, resolve_device
+from hebb.runtime import resolve_device
+from retrieval.commands.common import add_data_dir, add_device, positive_int
 
 METHODS = _recipe_methods()
 

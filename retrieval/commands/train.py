@@ -7,7 +7,8 @@ from pathlib import Path
 
 from hebb.architectures import ARCHITECTURES, DEFAULT_ARCH, arch_help, layers_help
 from hebb.recipes import arch_for
-from retrieval.commands.common import add_data_dir, add_device, add_seed, positive_int, resolve_device
+from hebb.runtime import resolve_device
+from retrieval.commands.common import add_data_dir, add_device, add_seed, positive_int
 
 #: The architecture with the largest input, for the examples.
 _LARGEST = max(ARCHITECTURES, key=lambda name: ARCHITECTURES[name].input_size)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from hebb.errors import UserError
+from hebb.runtime import utc_now
 from retrieval.evaluation.sweep import load_results
 from retrieval.evaluation.paper_numbers import (PAPER_ACCURACY, PAPER_SOURCE, PAPER_TRAINING_TIME,
                                      method_name, paper_accuracy)
@@ -260,7 +260,7 @@ def write_summary(out: Path, results: dict, pr_regime: float | None = None) -> P
     sessions = results.get("sessions", [])
     devices = sorted({s.get("device", "?") for s in sessions} | {r.get("device", "?") for r in runs})
     lines = [f"# Evaluation: {results['settings'].get('dataset')}", ""]
-    lines.append(f"- report written: {datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+    lines.append(f"- report written: {utc_now()}")
     lines.append(f"- runs: {len(runs)} finished ({len(methods)} methods, {len(regimes)} regimes, "
                  f"{len({int(r['layer']) for r in runs})} layer(s), seeds {', '.join(map(str, seeds))}), "
                  f"from {results.get('created', '?')} to {max(r.get('finished', '') for r in runs)}")

@@ -28,12 +28,9 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +41,7 @@ from hebb.architectures import ARCHITECTURES
 from hebb.errors import UserError
 from hebb.recipes import UNTRAINED_METHODS, arch_for, canonical_method
 from hebb.recipes import methods as recipe_methods
+from hebb.runtime import code_version, device_description, utc_now, write_json_atomic
 
 METHODS = tuple(m for m in recipe_methods() if m != "random") + ("random",)
 #: Methods with an unsupervised pre-training stage (the others start from a fresh network).
@@ -157,39 +155,7 @@ def run_key(method: str, regime: float, layer: int, seed: int, readout: str = "f
     return f"{method}/{middle}r{regime:g}/l{layer}/s{seed}"
 
 
-def code_version() -> str:
-    """The git commit of the code that runs (with '-dirty' when tracked files differ from it), or 'unknown'."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
-
-
 # ------------------------------------------------------------------------------------------ results file
-
-
-def device_description(device: torch.device | str) -> str:
-    """A human description of the compute device, for the report header."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU: {cpu_model()}, {os.cpu_count()} logical cores visible"
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_results(out: Path) -> dict | None:
@@ -227,24 +193,14 @@ def _current_names(data: dict) -> dict:
 def write_results(out: Path, data: dict) -> None:
     """Write results.json atomically: a crash leaves the previous complete file."""
     out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".results.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a results file is for reading
-        os.replace(tmp, out / RESULTS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(out / RESULTS_FILE, data, indent=1)
 
 
 def _open_results(config: SweepConfig, device: torch.device) -> dict:
     data = load_results(config.out)
     if data is None:
         return {"format": RESULTS_FORMAT, "version": RESULTS_VERSION, "settings": config.settings(),
-                "created": _now(), "sessions": [], "pretraining": {}, "runs": {}}
+                "created": utc_now(), "sessions": [], "pretraining": {}, "runs": {}}
     if data.get("settings") != config.settings():
         theirs, ours = data.get("settings", {}), config.settings()
         diff = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} now" for k in ours
@@ -252,10 +208,6 @@ def _open_results(config: SweepConfig, device: torch.device) -> dict:
         raise UserError(f"{config.out} holds results made with other settings ({diff}); "
                         f"use another --out or the same settings")
     return data
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -446,7 +398,7 @@ def _record(method, readout, regime, layer, seed, labelled, acc, stats, retrieva
         **extra,
         "device": device_description(device),
         "code": CODE_VERSION,
-        "finished": _now(),
+        "finished": utc_now(),
     }
 
 
@@ -565,7 +517,7 @@ def _run_sweep(config: SweepConfig, progress: bool) -> dict:
     device = torch.device(config.device)
     results = _open_results(config, device)
     todo = [r for r in config.runs() if _key(r) not in results["runs"]]
-    results["sessions"].append({"started": _now(), "command": config.command, "device": device_description(device),
+    results["sessions"].append({"started": utc_now(), "command": config.command, "device": device_description(device),
                                 "torch": torch.__version__, "python": platform.python_version(),
                                 "code": CODE_VERSION, "runs_requested": len(config.runs()),
                                 "runs_to_do": len(todo)})

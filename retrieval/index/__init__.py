@@ -29,8 +29,7 @@ _EXPORTS = {
     "handle": ["Hit", "IndexHandle", "check_index", "open_index"],
     "duplicates": ["find_duplicates"],
     "manifest": ["FORMAT_VERSION", "METRIC", "Manifest", "ManifestError"],
-    "model": ["DEFAULT_LAYER", "architecture_of", "check_model", "default_layer", "index_extractor", "load_model",
-              "resolve_device"],
+    "model": ["DEFAULT_LAYER", "architecture_of", "check_model", "default_layer", "index_extractor", "load_model"],
     "sync": ["delete_items", "sync_index"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -61,5 +60,5 @@ if TYPE_CHECKING:
     from retrieval.index.handle import Hit, IndexHandle, check_index, open_index
     from retrieval.index.manifest import FORMAT_VERSION, METRIC, Manifest, ManifestError
     from retrieval.index.model import (DEFAULT_LAYER, architecture_of, check_model, default_layer,
-                                       index_extractor, load_model, resolve_device)
+                                       index_extractor, load_model)
     from retrieval.index.sync import delete_items, sync_index

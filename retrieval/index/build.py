@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +17,7 @@ import numpy as np
 import retrieval.index.backends as backends
 import retrieval.index.milvus_backend as milvus_backend
 from hebb.errors import UserError
+from hebb.runtime import resolve_device, utc_now
 from retrieval.features import FIT_SAMPLES, FeatureExtractor, describe
 from retrieval.index.backends import FAISS_MISSING, load_vectors, make_faiss_index, new_faiss_index, require_faiss
 from retrieval.index.directory import (FAISS_FILE, ITEMS_FILE, MANIFEST_FILE, OWNER_FILE, PROJECTION_FILE,
@@ -26,15 +26,11 @@ from retrieval.index.directory import (FAISS_FILE, ITEMS_FILE, MANIFEST_FILE, OW
                                        reading, recover, save_npz, swap_in, write_manifest)
 from retrieval.index.extract import collect, extract_chunks, fit_projection, listing_digest, prepare_workdir
 from retrieval.index.manifest import FORMAT_VERSION, METRIC, Manifest
-from retrieval.index.model import architecture_of, default_layer, index_extractor, load_model, resolve_device
+from retrieval.index.model import architecture_of, default_layer, index_extractor, load_model
 from retrieval.itemstore import ItemStore, write_items
 from retrieval.sources import ImageSource, open_source
 
 CHUNK_SIZE = 2048
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _rate(images: int, seconds: float) -> float | None:

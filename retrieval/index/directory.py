@@ -29,11 +29,12 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from hebb.errors import UserError
+from hebb.runtime import TMP_SUFFIX, atomic_write, plain_mode, write_json_atomic
 from retrieval.index.manifest import Manifest, ManifestError
 from retrieval.itemstore import ITEMS_FILE
 
@@ -88,7 +89,9 @@ def is_replaceable(path: Path) -> bool:
 
 
 def _is_index_file_name(name: str) -> bool:
-    base = name.removesuffix(".tmp.npz").removesuffix(".tmp")
+    if name.startswith(".") and name.endswith(TMP_SUFFIX):  # an unfinished `atomic_write`: .NAME.XXXX.tmp
+        name = name[1:].removesuffix(TMP_SUFFIX).rpartition(".")[0]
+    base = name.removesuffix(".tmp.npz").removesuffix(".tmp")  # an older hebbir's temporary names
     return base in INDEX_FILES or (base.startswith("model.") and "/" not in base) or base == "model"
 
 
@@ -115,7 +118,7 @@ def read_manifest(index_dir: Path | str) -> Manifest:
 
 
 def write_manifest(index_dir: Path, manifest: Manifest) -> None:
-    write_json(index_dir / MANIFEST_FILE, manifest.to_dict())
+    write_json_atomic(index_dir / MANIFEST_FILE, manifest.to_dict())
 
 
 @contextlib.contextmanager
@@ -166,23 +169,15 @@ def new_tmp_dir(out: Path, what: str) -> Path:
     """A fresh folder beside `out` that records its owner, with the permissions a plain mkdir would give
     (mkdtemp's are 0700)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{what}-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)
-    write_json(tmp / OWNER_FILE, _owner_record(os.getpid()))
+    os.chmod(tmp, plain_mode(folder=True))
+    write_json_atomic(tmp / OWNER_FILE, _owner_record(os.getpid()))
     return tmp
 
 
 def save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    """`np.savez` to `path`, atomically."""
+    with atomic_write(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def pause_at(phase: str) -> None:

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hebb.runtime import write_json_atomic
 from retrieval.features import FIT_SAMPLES, FeatureExtractor
-from retrieval.index.directory import PROJECTION_FILE, pause_at, save_npz, write_json
+from retrieval.index.directory import PROJECTION_FILE, pause_at, save_npz
 from retrieval.sources import ImageSource, read_chunk
 
 
@@ -45,7 +46,7 @@ def prepare_workdir(work: Path, key: dict) -> None:
             pass
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    write_json(key_file, key)
+    write_json_atomic(key_file, key)
 
 
 def fit_projection(ext: FeatureExtractor, source: ImageSource, work: Path | None,

@@ -14,11 +14,12 @@ import numpy as np
 
 import retrieval.index.backends as backends
 from hebb.errors import UserError
+from hebb.runtime import resolve_device
 from retrieval.features import FeatureExtractor
 from retrieval.index.backends import load_vectors, make_backend, read_faiss_index, search_params
 from retrieval.index.directory import FAISS_FILE, ITEMS_FILE, REBUILD, read_manifest, reading
 from retrieval.index.manifest import Manifest
-from retrieval.index.model import index_extractor, resolve_device
+from retrieval.index.model import index_extractor
 from retrieval.itemstore import ItemStore
 from retrieval.sources import load_query_images
 

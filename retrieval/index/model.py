@@ -6,7 +6,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from hebb.errors import UserError
 from retrieval.features import FeatureExtractor
@@ -14,15 +13,6 @@ from retrieval.index.directory import PROJECTION_FILE, REBUILD, reading
 from retrieval.index.manifest import Manifest
 
 DEFAULT_LAYER = 3
-
-
-def resolve_device(device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda: no CUDA GPU is visible to torch")
-    return device
 
 
 def _looks_like_text(path: Path) -> bool:

@@ -24,14 +24,15 @@ import numpy as np
 import retrieval.index.backends as backends
 import retrieval.index.milvus_backend as milvus_backend
 from hebb.errors import UserError
+from hebb.runtime import resolve_device, utc_now
 from retrieval.index.backends import load_vectors, make_faiss_index
-from retrieval.index.build import CHUNK_SIZE, copy_index_files, utc_now
+from retrieval.index.build import CHUNK_SIZE, copy_index_files
 from retrieval.index.directory import (FAISS_FILE, ITEMS_FILE, VECTORS_FILE, clean_stale_tmp,
                                        new_tmp_dir, partial_path, pause_at, read_manifest, reading, swap_in,
                                        write_manifest)
 from retrieval.index.extract import collect, extract_chunks, listing_digest, prepare_workdir
 from retrieval.index.manifest import HOLES_VERSION, Manifest
-from retrieval.index.model import index_extractor, resolve_device
+from retrieval.index.model import index_extractor
 from retrieval.itemstore import ItemStore, write_items
 from retrieval.sources import open_source
 
