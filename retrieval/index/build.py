@@ -1,7 +1,7 @@
 """Writing index directories: build one from a collection, add new images to one, repair its FAISS file.
 
-Every write goes into a temporary folder that replaces the index by rename (`retrieval.index.directory`), so
-a crash, Ctrl-C or kill -9 leaves the previous index as it was; the next writer removes what a dead run left.
+Every write goes into a temporary folder that replaces the index by rename (`retrieval.index.directory.staged`),
+so a crash, Ctrl-C or kill -9 leaves the previous index as it was; the next writer removes what a dead run left.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ from hebb.runtime import resolve_device, utc_now
 from retrieval.features import FIT_SAMPLES, FeatureExtractor, describe
 from retrieval.index.backends import FAISS_MISSING, load_vectors, make_faiss_index, new_faiss_index, require_faiss
 from retrieval.index.directory import (FAISS_FILE, ITEMS_FILE, MANIFEST_FILE, OWNER_FILE, PROJECTION_FILE,
-                                       VECTORS_FILE, clean_stale_tmp, is_replaceable,
-                                       new_tmp_dir, partial_path, pause_at, read_manifest,
-                                       reading, recover, save_npz, swap_in, write_manifest)
+                                       VECTORS_FILE, clean_stale_tmp, is_replaceable, partial_path, pause_at,
+                                       read_manifest, reading, recover, save_npz, staged, write_manifest)
 from retrieval.index.extract import collect, extract_chunks, fit_projection, listing_digest, prepare_workdir
 from retrieval.index.manifest import FORMAT_VERSION, METRIC, Manifest
 from retrieval.index.model import architecture_of, default_layer, index_extractor, load_model
@@ -150,8 +149,7 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
     faiss = backends.faiss_or_none() if backend == "faiss" else None
     if faiss is None and backend == "faiss" and factory == "Flat" and progress:
         print(f"note: {FAISS_MISSING}; writing vectors only (searches use the exact torch backend)")
-    tmp = new_tmp_dir(out, "building")
-    try:
+    with staged(out, "building") as tmp:
         if faiss is not None:
             faiss.write_index(make_faiss_index(vectors, factory), str(tmp / FAISS_FILE))
         np.save(tmp / VECTORS_FILE, vectors)
@@ -200,10 +198,6 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
             extra=dict(extra or {}),
         )
         write_manifest(tmp, manifest)
-        swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     shutil.rmtree(work, ignore_errors=True)
     return manifest
 
@@ -242,8 +236,7 @@ def add_to_index(index_dir, images, device="auto", progress: bool = True, data_d
     vectors, positions, hashes, skipped, duplicates = collect(chunks, source, {h: str(i) for h, i in known.items()})
     skipped = source.skipped + skipped
     if len(vectors):
-        tmp = new_tmp_dir(index_dir, "adding")
-        try:
+        with staged(index_dir, "adding") as tmp:
             copy_index_files(index_dir, manifest, tmp, (VECTORS_FILE, FAISS_FILE))
             np.save(tmp / VECTORS_FILE, np.concatenate([old, vectors]))
             pause_at("write")
@@ -263,10 +256,6 @@ def add_to_index(index_dir, images, device="auto", progress: bool = True, data_d
             manifest.additions.append({"source": source.spec, "added": int(len(vectors)), "time": utc_now(),
                                        "seconds": round(time.perf_counter() - t_start, 2)})
             write_manifest(tmp, manifest)
-            swap_in(tmp, index_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     shutil.rmtree(work, ignore_errors=True)
     return {"added": int(len(vectors)), "skipped": skipped, "duplicates": duplicates, "manifest": manifest,
             "images_per_s": _rate(processed, spent)}
@@ -286,17 +275,12 @@ def repair_index(index_dir) -> Manifest:
     if manifest.backend == "milvus":
         return _reload_collection(index_dir, manifest, vectors)
     faiss = require_faiss("to write index.faiss")
-    tmp = new_tmp_dir(index_dir, "repairing")
-    try:
+    with staged(index_dir, "repairing") as tmp:
         copy_index_files(index_dir, manifest, tmp, (FAISS_FILE,))
         faiss.write_index(make_faiss_index(vectors, manifest.factory), str(tmp / FAISS_FILE))
         manifest.has_faiss_file = True
         manifest.faiss_version = getattr(faiss, "__version__", None)
         write_manifest(tmp, manifest)
-        swap_in(tmp, index_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -306,8 +290,7 @@ def _reload_collection(index_dir: Path, manifest: Manifest, vectors: np.ndarray)
     with reading(index_dir / ITEMS_FILE), ItemStore(index_dir / ITEMS_FILE) as store:
         items = store.all()
     lite_db = milvus_backend.local_db_name(manifest)
-    tmp = new_tmp_dir(index_dir, "repairing")
-    try:
+    with staged(index_dir, "repairing") as tmp:
         copy_index_files(index_dir, manifest, tmp, (lite_db,) if lite_db else ())
         ids = [it.id for it in items]
         config = dict(manifest.milvus, index_type=manifest.milvus.get("index_type", "auto"))
@@ -315,8 +298,4 @@ def _reload_collection(index_dir: Path, manifest: Manifest, vectors: np.ndarray)
             tmp, config, manifest.dimension, manifest.model_checksum, ids, vectors[ids],
             [(it.path, it.label, it.sha256) for it in items], force=True)
         write_manifest(tmp, manifest)
-        swap_in(tmp, index_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest

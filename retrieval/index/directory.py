@@ -10,10 +10,10 @@ An index directory holds
     projection.npz      the fitted PCA, when the features use one
     model.<ext>         a copy of the checkpoint, so that the directory is self-contained
 
-Writes are atomic: everything is written into a temporary folder `.NAME.<what>-XXXX/` beside the target,
-which then takes the target's place by rename; a crash or Ctrl-C leaves the previous index as it was. Each
-temporary folder records its owner process, so that the next writer removes the ones whose owner died
-(`clean_stale_tmp`). Feature extraction is checkpointed in `.NAME.partial/` (see `retrieval.index.extract`).
+Writes are atomic (`staged`): everything is written into a temporary folder `.NAME.<what>-XXXX/` beside the
+target, which then takes the target's place by rename; a crash or Ctrl-C leaves the previous index as it
+was. Each temporary folder records its owner process, so that the next writer removes the ones whose owner
+died (`clean_stale_tmp`). Feature extraction is checkpointed in `.NAME.partial/` (see `retrieval.index.extract`).
 """
 
 from __future__ import annotations
@@ -178,6 +178,25 @@ def save_npz(path: Path, **arrays) -> None:
     """`np.savez` to `path`, atomically."""
     with atomic_write(path, "wb") as f:
         np.savez(f, **arrays)
+
+
+@contextlib.contextmanager
+def staged(out: Path, what: str) -> Iterator[Path]:
+    """A fresh temporary folder beside the index `out` to write its next version into (`new_tmp_dir`).
+
+    When the block ends without an error the folder takes `out`'s place (`swap_in`); on any error, Ctrl-C
+    included, it is removed and `out` stays as it was. A kill -9 leaves the folder behind for the next
+    writer's `clean_stale_tmp`. `what` names the writer (one of `TMP_KINDS`).
+    """
+    if what not in TMP_KINDS:
+        raise ValueError(f"unknown kind of staged write '{what}' (one of {', '.join(TMP_KINDS)})")
+    tmp = new_tmp_dir(out, what)
+    try:
+        yield tmp
+        swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def pause_at(phase: str) -> None:

@@ -27,9 +27,8 @@ from hebb.errors import UserError
 from hebb.runtime import resolve_device, utc_now
 from retrieval.index.backends import load_vectors, make_faiss_index
 from retrieval.index.build import CHUNK_SIZE, copy_index_files
-from retrieval.index.directory import (FAISS_FILE, ITEMS_FILE, VECTORS_FILE, clean_stale_tmp,
-                                       new_tmp_dir, partial_path, pause_at, read_manifest, reading, swap_in,
-                                       write_manifest)
+from retrieval.index.directory import (FAISS_FILE, ITEMS_FILE, VECTORS_FILE, clean_stale_tmp, partial_path,
+                                       pause_at, read_manifest, reading, staged, write_manifest)
 from retrieval.index.extract import collect, extract_chunks, listing_digest, prepare_workdir
 from retrieval.index.manifest import HOLES_VERSION, Manifest
 from retrieval.index.model import index_extractor
@@ -118,8 +117,7 @@ def sync_index(index_dir, images, device="auto", progress: bool = True, batch_si
         rows[sorted(gone)] = 0.0  # ids stay row numbers: a deleted item keeps a zero row
     kept = [(it.id, *moves.get(it.id, (it.path, it.label)), it.sha256) for it in items if it.id not in gone]
     added = [(manifest.rows + i, sub.paths[p], sub.labels[p], h) for i, (p, h) in enumerate(zip(positions, hashes))]
-    tmp = new_tmp_dir(index_dir, "syncing")
-    try:
+    with staged(index_dir, "syncing") as tmp:
         copy_index_files(index_dir, manifest, tmp, (VECTORS_FILE, FAISS_FILE, ITEMS_FILE))
         np.save(tmp / VECTORS_FILE, rows)
         pause_at("write")
@@ -143,10 +141,6 @@ def sync_index(index_dir, images, device="auto", progress: bool = True, batch_si
                                    "removed": len(gone), "moved": len(moves), "time": utc_now(),
                                    "seconds": round(time.perf_counter() - t_start, 2)})
         write_manifest(tmp, manifest)
-        swap_in(tmp, index_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     shutil.rmtree(work, ignore_errors=True)
     return report
 
@@ -169,8 +163,7 @@ def delete_items(index_dir, ids: Sequence[int]) -> Manifest:
     clean_stale_tmp(index_dir)
     rows = np.array(load_vectors(index_dir, manifest), dtype=np.float32)
     rows[gone] = 0.0
-    tmp = new_tmp_dir(index_dir, "deleting")
-    try:
+    with staged(index_dir, "deleting") as tmp:
         copy_index_files(index_dir, manifest, tmp, (VECTORS_FILE, FAISS_FILE, ITEMS_FILE))
         np.save(tmp / VECTORS_FILE, rows)
         if (index_dir / FAISS_FILE).is_file():
@@ -185,8 +178,4 @@ def delete_items(index_dir, ids: Sequence[int]) -> Manifest:
         manifest.updated = utc_now()
         manifest.additions.append({"source": "delete_items", "added": 0, "removed": len(gone), "time": utc_now()})
         write_manifest(tmp, manifest)
-        swap_in(tmp, index_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
