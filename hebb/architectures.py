@@ -58,8 +58,8 @@ class ArchPlan:
     classes, 1e-2 above).
     top_fc: whether the top layer is fully connected (its kernel covers the map below; its features are
     a vector).
-    rules: the rules (pre-training methods) this architecture is built for; default_rule the first.
-    vae: whether the VAE baseline has a decoder for it. aliases: older names of the same architecture.
+    rules: the rules (pre-training methods) this architecture is built for, "vae" where the VAE baseline has
+    a decoder for it; default_rule the first. aliases: older names of the same architecture.
     description: one line for help texts. batch_size: the default pre-training batch.
     """
 
@@ -70,8 +70,7 @@ class ArchPlan:
     hebbian_lr: float = 1e-3
     weight_decay: float | None = None
     top_fc: bool = True
-    rules: tuple[str, ...] = ("hpca", "swta", "wta", "vae")
-    vae: bool = False
+    rules: tuple[str, ...] = ("hpca", "swta", "wta")
     aliases: tuple[str, ...] = ()
     description: str = ""
     batch_size: int = 64
@@ -136,7 +135,7 @@ ARCHITECTURES = Registry({
             LayerPlan(256, 3, pool=0, bn_star=True),    # 256x3x3
             LayerPlan(4096, 3, pool=0, bn_star=True),   # fully connected 2304 -> 4096 (kernel = whole map)
         ),
-        vae=True,
+        rules=("hpca", "swta", "wta", "vae"),  # the VAE baseline's decoder mirrors this trunk
         aliases=("cifar6",),
         description="the FastHebb 6-layer conv net for CIFAR (32x32 input, layers 1..5)",
         default_layer=3,
@@ -178,7 +177,6 @@ ARCHITECTURES = Registry({
         zca_ok=False,
         hebbian_lr=1e-4,
         weight_decay=1e-3,
-        rules=("hpca", "swta", "wta"),
         aliases=("imagenet10",),
         description="the FastHebb 10-layer conv net, ImageNet-size (210x210 input, layers 1..9; 132 KB per image)",
         default_layer=3,

@@ -39,10 +39,7 @@ def methods(arch: str | None = None) -> tuple[str, ...]:
     from hebb.architectures import ARCHITECTURES
 
     plans = [architecture(arch)] if arch else list(ARCHITECTURES.values())
-    found: list[str] = []
-    for plan in plans:
-        found += [r for r in plan.rules + ("vae",) * plan.vae if r not in found]
-    return tuple(found) + UNTRAINED_METHODS
+    return tuple(dict.fromkeys(rule for plan in plans for rule in plan.rules)) + UNTRAINED_METHODS
 
 
 def parse_method(method: str) -> tuple[str, str | None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from retrieval.commands.common import add_data_dir
+from retrieval.commands.common import add_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,14 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("name", help="dataset name: cifar10, cifar100, or any name for your own image folder")
     imp.add_argument("source", nargs="?", default=None, help="archive or folder (omit to download)")
     imp.add_argument("--force", action="store_true", help="import again even if the dataset is already there")
-    add_data_dir(imp)
+    add_options(imp, "data_dir")
     imp.set_defaults(func=_import)
 
     info = dsub.add_parser("info", help="count the images of an imported dataset per split and class",
                            description="Count the images of an imported dataset per split and class.")
     info.add_argument("name", help="dataset name")
-    info.add_argument("--split-seed", type=int, default=0, help="seed of the training/validation split")
-    add_data_dir(info)
+    add_options(info, "split_seed", "data_dir")
     info.set_defaults(func=_info)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+from retrieval.commands.common import add_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "build) and the groups of indexed images whose features are nearly the same (cosine "
                     "similarity at least --threshold; every pair is compared).",
         epilog="example: hebbir duplicates --index index_data/photos --threshold 0.97")
-    p.add_argument("--index", required=True, type=Path, help="index directory")
+    add_options(p, "index")
     p.add_argument("--threshold", type=float, default=None,
                    help="cosine similarity from which two images count as near duplicates (default 0.95)")
     p.add_argument("--json", action="store_true", help="print JSON {exact: [[paths]], near: [{items, min_score}]}")

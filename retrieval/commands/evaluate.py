@@ -9,7 +9,7 @@ from hebb.errors import UserError
 from hebb.recipes import arch_for
 from hebb.recipes import methods as _recipe_methods
 from hebb.runtime import resolve_device
-from retrieval.commands.common import add_data_dir, add_device, positive_int
+from retrieval.commands.common import add_options, positive_int
 
 METHODS = _recipe_methods()
 
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                "          hebbir evaluate --methods softhebb,random --readouts probe --out reports/cifar10\n"
                "          hebbir evaluate --methods softhebb,random --readouts probe --out reports/cifar10 --status",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="cifar10", help="dataset in the data directory (default: cifar10)")
+    add_options(p, "dataset")
     p.add_argument("--methods", type=_csv(str), default=("hpca", "swta", "vae", "sgd"),
                    help="comma-separated, from " + ", ".join(METHODS) + " (default: hpca,swta,vae,sgd)")
     p.add_argument("--readouts", type=_csv(str), default=("finetune",),
@@ -68,18 +68,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fine-tuning epochs (default: the training code's default)")
     p.add_argument("--probe-epochs", type=positive_int, default=None,
                    help="probe head epochs (default: the probe's, 50)")
-    p.add_argument("--batch-size", type=positive_int, default=None,
-                   help="pre-training batch (default: each architecture's)")
+    add_options(p, "batch_size",
+                batch_size={"default": None, "help": "pre-training batch (default: each architecture's)"})
     p.add_argument("--share-pretraining", action="store_true",
                    help="one pre-training per method (seed 0) for every label seed: the cheaper protocol, stated "
                         "in the report (seeds then vary the labelled subset and the read-out only)")
-    p.add_argument("--limit", type=positive_int, default=None,
-                   help="use at most N images of each split (a fixed random sample): quick, not comparable runs")
-    p.add_argument("--pooling", default="auto", choices=("auto", "flatten", "avg", "max", "avgmax", "grid"),
-                   help="feature pooling for retrieval (default: auto = the extractor's choice per layer)")
-    p.add_argument("--projection", default="auto", choices=("auto", "none", "pca", "pcaw"),
-                   help="feature projection fitted on the database (default: auto)")
-    p.add_argument("--dim", type=positive_int, default=None, help="projected feature size (default: auto)")
+    add_options(p, "limit", "pooling", "projection", "dim", limit={
+        "help": "use at most N images of each split (a fixed random sample): quick, not comparable runs"})
     p.add_argument("--out", type=Path, required=True, help="report folder (results.json, summary.md, plots)")
     p.add_argument("--report-only", action="store_true", help="only regenerate summary.md and plots from results.json")
     p.add_argument("--merge-from", type=Path, default=None, metavar="DIR",
@@ -89,8 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="print what of this sweep is done and left (and the estimated time left), run nothing")
     p.add_argument("--pr-regime", type=float, default=None,
                    help="regime of the precision-recall plot (default: 10 if run, else the smallest)")
-    add_device(p)
-    add_data_dir(p)
+    add_options(p, "device", "data_dir")
     p.set_defaults(func=_evaluate)
 
 

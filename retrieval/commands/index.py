@@ -7,10 +7,7 @@ import sys
 from pathlib import Path
 
 from hebb.architectures import ARCHITECTURES, layers_help
-from retrieval.commands.common import add_data_dir, add_device, positive_int
-
-POOLING_CHOICES = ["auto", "flatten", "avg", "max", "avgmax", "grid"]
-PROJECTION_CHOICES = ["auto", "none", "pca", "pcaw"]
+from retrieval.commands.common import add_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,11 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--layer", type=int, default=None,
                    help=f"feature layer, {layers_help()} (default: the top layer of a fine-tuned model, else the "
                         "architecture's default feature layer)")
-    b.add_argument("--pooling", default="auto", choices=POOLING_CHOICES,
-                   help="spatial pooling of the activation (default: auto = the measured best for the layer)")
-    b.add_argument("--projection", default="auto", choices=PROJECTION_CHOICES,
-                   help="pca, pca + whitening (pcaw) or none (default: auto = per layer)")
-    b.add_argument("--dim", type=positive_int, default=None, help="PCA output size (default: per layer, 256)")
+    add_options(b, "pooling", "projection", "dim")
     b.add_argument("--factory", default="Flat",
                    help="faiss index_factory string, e.g. IVF1024,Flat or HNSW32 (default: Flat = exact)")
     b.add_argument("--backend", default="faiss", choices=["faiss", "milvus"],
@@ -51,26 +44,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--milvus-index", default="auto", choices=["auto", "FLAT", "HNSW", "IVF_FLAT"],
                    help="with --backend milvus: the index type (default auto: exact FLAT below 100,000 vectors, "
                         "HNSW above)")
-    b.add_argument("--batch-size", type=positive_int, default=256, help=_batch_help())
+    add_options(b, "batch_size", batch_size={"help": _batch_help()})
     b.add_argument("--force", action="store_true",
                    help="replace an existing index at --out (a folder that is not an index is never replaced)")
-    add_exclude(b)
-    b.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_device(b)
-    add_data_dir(b)
+    add_options(b, "exclude", "quiet", "device", "data_dir")
     b.set_defaults(func=_build)
 
     a = isub.add_parser("add", help="add new images to an index",
                         description="Add the images of a folder or dataset to an index, with the index's own "
                                     "model and projection. Files whose bytes are already indexed are not added "
                                     "again.")
-    a.add_argument("--index", required=True, type=Path, help="index directory")
+    add_options(a, "index")
     a.add_argument("--images", required=True, help="image folder, or dataset NAME[:train|val|test]")
-    a.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
-    a.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_exclude(a)
-    add_device(a)
-    add_data_dir(a)
+    add_options(a, "batch_size", "quiet", "exclude", "device", "data_dir")
     a.set_defaults(func=_add)
 
     y = isub.add_parser(
@@ -78,19 +64,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Re-scan an image folder: items of files that are gone or changed leave the index, new and "
                     "changed files are embedded with the index's own model, moved files keep their item. Ids of "
                     "the other items stay the same. Items added from other folders are left alone.")
-    y.add_argument("--index", required=True, type=Path, help="index directory")
+    add_options(y, "index")
     y.add_argument("--images", required=True, type=Path, help="the image folder to follow")
     y.add_argument("--dry-run", action="store_true", help="only say what would change")
-    y.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
-    y.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_exclude(y)
-    add_device(y)
+    add_options(y, "batch_size", "quiet", "exclude", "device")
     y.set_defaults(func=_sync)
 
     i = isub.add_parser("info", help="describe an index",
                         description="Describe an index directory, once each of its files has been checked "
                                     "against the manifest (a damaged one is named, with what to do).")
-    i.add_argument("--index", required=True, type=Path, help="index directory")
+    add_options(i, "index")
     i.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
     i.set_defaults(func=_info)
 
@@ -98,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Rewrite an index's FAISS file (or reload its Milvus collection) from its "
                                     "vectors (vectors.npy), atomically. "
                                     "Damage to any other file needs a rebuild (hebbir index build --force).")
-    r.add_argument("--index", required=True, type=Path, help="index directory")
+    add_options(r, "index")
     r.set_defaults(func=_repair)
 
 
@@ -108,12 +91,6 @@ def _batch_help() -> str:
         f"; use about {max(1, int(256 / mb))} for {name} models, whose layer-1 activations take {mb:.0f} MB "
         "per image"
         for name, mb in big.items()) + ")"
-
-
-def add_exclude(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                   help="leave out folder entries matching this glob, by name or by path inside --images "
-                        "(repeatable; hidden files and @eaDir are always left out), e.g. --exclude 'raw/*'")
 
 
 def _interrupted(what: str) -> int:

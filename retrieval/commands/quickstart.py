@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from retrieval.commands.common import add_data_dir, add_device, add_seed, positive_int
+from retrieval.commands.common import add_options, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,18 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"index directory (default {DEFAULT_OUT})")
     p.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS,
                    help=f"folder for the two model checkpoints (default {DEFAULT_CHECKPOINTS})")
-    p.add_argument("--limit", type=positive_int, default=None,
-                   help="at most this many images per stage (a quick look, or tests)")
+    add_options(p, "limit", limit={"help": "at most this many images per stage (a quick look, or tests)"})
     p.add_argument("--pretrain-images", type=positive_int, default=None,
                    help="override: training images SoftHebb learns from")
     p.add_argument("--pretrain-epochs", type=positive_int, default=None, help="override: pre-training epochs")
     p.add_argument("--readout-epochs", "--finetune-epochs", dest="finetune_epochs", type=positive_int, default=None,
                    help="override: read-out (probe) epochs")
     p.add_argument("--force", action="store_true", help="redo every step even if its result exists")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_device(p)
-    add_seed(p)
-    add_data_dir(p)
+    add_options(p, "quiet", "device", "seed", "data_dir")
     p.set_defaults(func=_run)
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from retrieval.commands.common import add_device, positive_int
+from retrieval.commands.common import add_options, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "null in the list; the other queries are still answered, and the exit status is then 2.",
         epilog="example: hebbir search --index index_data/quickstart --k 5 my_cat.jpg")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="query image file(s)")
-    p.add_argument("--index", required=True, type=Path, help="index directory")
+    add_options(p, "index")
     p.add_argument("--k", type=positive_int, default=10, help="results per query (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--nprobe", type=positive_int, default=None, help="IVF lists to visit (IVF indexes only, faiss or Milvus)")
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "faiss", "torch", "milvus"],
                    help="search engine: faiss, exact torch, or the Milvus collection of an index built with "
                         "--backend milvus (default: what the index was built with; faiss when installed)")
-    add_device(p)
+    add_options(p, "device")
     p.set_defaults(func=_search)
 
 

@@ -6,23 +6,16 @@ import argparse
 from pathlib import Path
 
 from hebb.architectures import ARCHITECTURES, DEFAULT_ARCH, arch_help, layers_help
-from hebb.recipes import arch_for
+from hebb.recipes import UNTRAINED_METHODS, arch_for, methods
 from hebb.runtime import resolve_device
-from retrieval.commands.common import add_data_dir, add_device, add_seed, positive_int
+from retrieval.commands.common import add_options, positive_int
 
 #: The architecture with the largest input, for the examples.
 _LARGEST = max(ARCHITECTURES, key=lambda name: ARCHITECTURES[name].input_size)
 
 
-def _methods() -> tuple[str, ...]:
-    """Pre-training methods of every registered architecture, in registry order."""
-    found: list[str] = []
-    for plan in ARCHITECTURES.values():
-        found += [r for r in plan.rules + ("vae",) * plan.vae if r not in found]
-    return tuple(found)
-
-
-PRETRAIN_RULES = _methods()
+#: Pre-training methods of every registered architecture, in registry order.
+PRETRAIN_RULES = tuple(m for m in methods() if m not in UNTRAINED_METHODS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                f"          hebbir pretrain --dataset mine --arch {_LARGEST} --rule hpca --batch-size 16 "
                f"--out models/{_LARGEST}.pt",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="cifar10", help="dataset in the data directory (default: cifar10)")
+    add_options(p, "dataset")
     p.add_argument("--rule", required=True, help=f"learning rule: {' | '.join(PRETRAIN_RULES)}")
     add_arch(p, None, " (default: the first one built for the rule: "
              + ", ".join(f"{r} -> {arch_for(r)}" for r in PRETRAIN_RULES) + ")")
@@ -50,20 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                      "for vae)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="passes over the images (default: 1 for softhebb, 5 otherwise)")
-    p.add_argument("--limit", type=positive_int, default=None,
-                   help="use only N images of the training split (a seeded random sample), for quick runs")
-    p.add_argument("--batch-size", type=positive_int, default=None,
-                   help="images per update (default: the architecture's: " + ", ".join(
-                       f"{a.batch_size} for {n}" for n, a in ARCHITECTURES.items()) + ")")
+    add_options(p, "limit", "batch_size",
+                limit={"help": "use only N images of the training split (a seeded random sample), for quick runs"},
+                batch_size={"default": None, "help": "images per update (default: the architecture's: " + ", ".join(
+                    f"{a.batch_size} for {n}" for n, a in ARCHITECTURES.items()) + ")"})
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: the reference's: " + ", ".join(
                        f"{a.hebbian_lr:g} for {n}" for n, a in ARCHITECTURES.items())
                    + "; for softhebb a multiplier of each block's own rate)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the training/validation split (default: 0)")
+    add_options(p, "split_seed")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
-    add_data_dir(p)
-    add_device(p)
-    add_seed(p)
+    add_options(p, "data_dir", "device", "seed")
     add_distributed(p, "pretrain")
     p.set_defaults(func=_data_parallel(_pretrain))
 
@@ -89,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     start.add_argument("--from-random", action="store_true",
                        help="baseline: random frozen layers, only the classifier learns")
     add_arch(f, None, " for --from-scratch and --from-random; a checkpoint given by --init carries its own")
-    f.add_argument("--dataset", default="cifar10", help="dataset in the data directory (default: cifar10)")
+    add_options(f, "dataset")
     f.add_argument("--regime", type=float, default=10.0,
                    help="percent of the training split that carries labels, in (0, 100] (default: 10)")
     f.add_argument("--layer", type=int, default=None,
@@ -102,20 +92,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "frozen trunk, classifier learned with the teacher-signal Hebbian rule")
     f.add_argument("--epochs", type=positive_int, default=None,
                    help="epochs (default: 20 for fine-tuning, 50 for a probe, 2 for a Hebbian classifier)")
-    f.add_argument("--batch-size", type=positive_int, default=64, help="images per step (default: 64)")
+    add_options(f, "batch_size", batch_size={"default": 64, "help": "images per step (default: 64)"})
     f.add_argument("--lr", type=float, default=None,
                    help="initial learning rate (default: 1e-3 for a linear classifier, 0.1 for a Hebbian one)")
     f.add_argument("--weight-decay", type=float, default=None,
                    help="L2 penalty (default for fine-tuning: 5e-2 for 10 classes, 1e-2 for more; "
                         f"{_own_weight_decay()}; for a probe: 0)")
     f.add_argument("--augment", action="store_true", help="random translations and flips of the training images")
-    f.add_argument("--limit", type=positive_int, default=None,
-                   help="cap the labelled, validation and test images at N each (seeded samples), for quick runs")
-    f.add_argument("--split-seed", type=int, default=0, help="seed of the training/validation split (default: 0)")
+    add_options(f, "limit", "split_seed", limit={
+        "help": "cap the labelled, validation and test images at N each (seeded samples), for quick runs"})
     f.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
-    add_data_dir(f)
-    add_device(f)
-    add_seed(f)
+    add_options(f, "data_dir", "device", "seed")
     add_distributed(f, "finetune")
     f.set_defaults(func=_data_parallel(_finetune))
 
