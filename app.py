@@ -219,17 +219,17 @@ def duplicates_tab(index_dir: Path, version: float, max_groups: int = 30) -> Non
     exact, near = groups["exact"], groups["near"]
     st.markdown(f"**{len(exact)}** group(s) of identical files, **{len(near)}** group(s) of near duplicates "
                 f"at cosine ≥ {threshold:.3f}" + (f" (the first {max_groups} shown)" if len(near) > max_groups else ""))
-    for n, paths in enumerate(exact[:max_groups]):
+    for paths in exact[:max_groups]:
         with st.container(border=True):
             st.caption(f"identical files · {len(paths)}")
-            show_paths(paths, f"x{n}")
-    for n, group in enumerate(near[:max_groups]):
+            show_paths(paths)
+    for group in near[:max_groups]:
         with st.container(border=True):
             st.caption(f"near duplicates · {len(group['items'])} images · lowest cosine {group['min_score']:.3f}")
-            show_paths([item["path"] for item in group["items"]], f"n{n}")
+            show_paths([item["path"] for item in group["items"]])
 
 
-def show_paths(paths: list[str], key: str) -> None:
+def show_paths(paths: list[str]) -> None:
     grid = st.grid("auto", min_column_width=110, gap="small")
     for path in paths[:12]:
         with grid.cell():

@@ -59,7 +59,7 @@ class ArchPlan:
     top_fc: whether the top layer is fully connected (its kernel covers the map below; its features are
     a vector).
     rules: the rules (pre-training methods) this architecture is built for, "vae" where the VAE baseline has
-    a decoder for it; default_rule the first. aliases: older names of the same architecture.
+    a decoder for it. aliases: older names of the same architecture.
     description: one line for help texts. batch_size: the default pre-training batch.
     """
 
@@ -216,8 +216,6 @@ ARCHITECTURES = Registry({
         reductions={1: ("flatten", "pca", 256), 2: ("flatten", "pca", 256), 3: ("flatten", "pca", 256)},
     ),
 })
-#: Older names that checkpoints may carry -> current names.
-ALIASES = ARCHITECTURES.aliases
 #: The architecture a network is built on when none is named: the registry's first.
 DEFAULT_ARCH = next(iter(ARCHITECTURES))
 
@@ -232,11 +230,6 @@ def canonical_arch(arch: str) -> str:
 def architecture(arch: str) -> ArchPlan:
     """The plan of architecture `arch`; an unknown name is a `UserError` listing the known ones."""
     return ARCHITECTURES[canonical_arch(arch)]
-
-
-def default_rule(arch: str) -> str:
-    """The Hebbian rule an architecture is built for first (hpca for the FastHebb nets, softhebb for wide3)."""
-    return architecture(arch).rules[0]
 
 
 def arch_help() -> str:

@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hebb.architectures import (ALIASES, ARCHITECTURES, DEFAULT_ARCH, ArchPlan, LayerPlan, arch_help,  # noqa: F401
-                                 architecture, canonical_arch, default_rule, layer_shapes)
+from hebb.architectures import (ARCHITECTURES, DEFAULT_ARCH, ArchPlan, LayerPlan, architecture,  # noqa: F401
+                                 canonical_arch, layer_shapes)
 from hebb.errors import UserError
 
 HEBBIAN_RULES = ("hpca", "swta", "wta", "softhebb")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
@@ -11,9 +9,9 @@ from hebb.baselines import VAE, vae_pretrain
 from hebb.checkpoint import load_checkpoint
 from hebb.data import regime_indices
 from hebb.errors import UserError
-from hebb.finetune import accuracy, augment_batch, finetune, fit_linear_head, head_accuracy, probe, reference_lr
+from hebb.finetune import accuracy, augment_batch, finetune, fit_linear_head, head_accuracy, reference_lr
 from hebb.network import build_network
-from hebb.pretrain import pretrain, recalibrate_batchnorm
+from hebb.pretrain import pretrain
 from retrieval.cli import main
 
 

@@ -196,7 +196,7 @@ def write_results(out: Path, data: dict) -> None:
     write_json_atomic(out / RESULTS_FILE, data, indent=1)
 
 
-def _open_results(config: SweepConfig, device: torch.device) -> dict:
+def _open_results(config: SweepConfig) -> dict:
     data = load_results(config.out)
     if data is None:
         return {"format": RESULTS_FORMAT, "version": RESULTS_VERSION, "settings": config.settings(),
@@ -515,7 +515,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
 
 def _run_sweep(config: SweepConfig, progress: bool) -> dict:
     device = torch.device(config.device)
-    results = _open_results(config, device)
+    results = _open_results(config)
     todo = [r for r in config.runs() if _key(r) not in results["runs"]]
     results["sessions"].append({"started": utc_now(), "command": config.command, "device": device_description(device),
                                 "torch": torch.__version__, "python": platform.python_version(),
