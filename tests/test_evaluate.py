@@ -237,7 +237,8 @@ def test_report_never_averages_retrieval_over_different_reductions(tmp_path, mon
                                                          ("flatten", 0.26, "2026-01-02")]):
         rec = _record("softhebb", 1.0, 3, seed, 0.5, map100, val=0.5)
         rec.update(readout="probe-std", finished=finished + "T00:00:00+00:00")
-        rec["retrieval"]["features"] = {"layer": 3, "pooling": features, "projection": "pca", "dim": 256}
+        rec["retrieval"]["features"] = {"layer": 3, "pooling": features, "projection": "pca", "dim": 256,
+                                        "pooled_dim": 24576 if features == "flatten" else 1536}
         runs[f"softhebb/probe-std/r1/l3/s{seed}"] = rec
     ev.write_results(tmp_path, {"format": ev.RESULTS_FORMAT, "version": 1, "settings": {"dataset": "cifar10"},
                                 "created": "2026-01-01T00:00:00+00:00", "sessions": [], "pretraining": {},
@@ -245,6 +246,8 @@ def test_report_never_averages_retrieval_over_different_reductions(tmp_path, mon
     monkeypatch.setattr("retrieval.evaluation.report.write_plots", lambda *a, **k: [])
     summary = write_report(tmp_path).read_text()
     assert "| SoftHebb (probe, standardised features) | 0.260 |" in summary   # the newest reduction only
+    assert ("SoftHebb (probe, standardised features): layer 3, flatten -> pca 256 (24576 -> 256 floats)."
+            in summary)                                                       # the row says what it measured
     assert "left out of the mAP figures" in summary and "SoftHebb (probe, standardised features) 1% layer 3" in summary
     accuracy = summary.split("## Test accuracy")[1].split("## Retrieval")[0]
     assert "| SoftHebb (probe, standardised features) | 50.00 ± 0.00 |" in accuracy   # accuracy keeps all seeds

@@ -141,6 +141,20 @@ def mixed_reductions(groups) -> list[str]:
             if len(comparable(recs, "map@100")) < len(recs)]
 
 
+def reductions(groups, chosen, methods) -> list[str]:
+    """'row: features' for each table row, from the newest cell at its chosen layers (what its mAP figures used)."""
+    from retrieval.features import describe
+
+    out = []
+    for m in methods:
+        recs = [r for (method, regime), layer in chosen.items() if method == m for r in groups[(m, regime, layer)]]
+        feats = {describe(r["retrieval"]["features"]) for r in comparable(recs, "map@100")
+                 if r["retrieval"].get("features", {}).get("pooled_dim")}
+        if feats:
+            out.append(f"{method_name(m)}: {'; '.join(sorted(feats))}")
+    return out
+
+
 def metric_table(groups, chosen, metric: str) -> dict[str, dict[float, tuple[float, float]]]:
     """{method: {regime: (mean, ci)}} of `metric` at the chosen layers."""
     table: dict[str, dict[float, tuple[float, float]]] = defaultdict(dict)
@@ -283,6 +297,9 @@ def write_summary(out: Path, results: dict, pr_regime: float | None = None) -> P
               _accuracy_section(groups, chosen, methods, regimes), ""]
     lines += ["## Retrieval (mAP)", "", "The papers report no retrieval mAP for this protocol; there is nothing "
               "of theirs to put beside these.", "", _map_section(groups, chosen, methods, regimes), ""]
+    if rows := reductions(groups, chosen, methods):
+        lines += ["Features each row's mAP was measured on (pooling -> projection, fitted on the database): "
+                  + "; ".join(rows) + ".", ""]
     if mixed := mixed_reductions(groups):
         lines += ["Cells whose retrieval features were reduced differently from the newest cell of their row "
                   "(an older default) are left out of the mAP figures, not averaged in: " + "; ".join(mixed) + ".",
