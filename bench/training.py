@@ -1,8 +1,9 @@
 """Pre-training epoch and fine-tuning run, each against a straightforward loop on the same images.
 
-    pretrain   hebb.pretrain.pretrain, one epoch over n images (batch 64, lr 1e-3), input fitting left out
+    pretrain   hebb.pretrain.pretrain, one epoch over n images (the architecture's batch size and Hebbian
+               learning rate: 64 and 1e-3 for cifar6, 10 and 1 for wide3), input fitting left out
     unfused    the FastHebb-style loop: per layer unfold the input, compute the outputs from the patch rows,
-               apply the plain matrix rule (HPCA: tril(YᵀY)·W), then SGD on all layers
+               apply the plain matrix rule (HPCA: tril(YᵀY)·W; SoftHebb: its step), then SGD on all layers
     finetune   hebb.finetune.finetune, end to end at layer 5, with validation every epoch
     plain      the same net, epochs and optimiser in a bare loop (no validation, no early stopping)
 """
@@ -28,12 +29,22 @@ def _accepted(fn, **kwargs) -> dict:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
-def _pretrain(net, images, device, seed=0):
+def _pretrain(net, images, device, batch_size, lr, seed=0):
     from hebb.pretrain import pretrain
 
     extra = _accepted(pretrain, fit_input=False, bn_calibration_images=256)
-    return pretrain(net, images, epochs=1, batch_size=flops.BATCH, lr=1e-3, device=device, seed=seed,
+    return pretrain(net, images, epochs=1, batch_size=batch_size, lr=lr, device=device, seed=seed,
                     progress=False, **extra)
+
+
+def _unfused_update(conv, rows: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    if conv.rule == "swta":
+        return UNFUSED["swta"](rows, w2, conv.temperature)
+    if conv.rule != "softhebb":
+        return UNFUSED[conv.rule](rows, w2)
+    dw = UNFUSED["softhebb"](rows, w2, conv.inv_temperature)
+    rate = conv.eta * ((w2.norm(dim=1) - 1).abs() + 1e-10).sqrt()
+    return dw * rate[:, None] / (dw.abs().max() + 1e-30)
 
 
 @torch.no_grad()
@@ -41,7 +52,6 @@ def unfused_epoch(net, images: torch.Tensor, device: torch.device, batch_size: i
                   lr: float = 1e-3, seed: int = 0) -> None:
     """One pre-training epoch the straightforward way (unfold per layer + the plain matrix rule)."""
     net.train()
-    rule = net.rule
     order = torch.randperm(len(images), generator=torch.Generator(device=device).manual_seed(seed), device=device)
     for start in range(0, len(images), batch_size):
         idx = order[start:start + batch_size]
@@ -50,41 +60,49 @@ def unfused_epoch(net, images: torch.Tensor, device: torch.device, batch_size: i
         x = net.preprocess(to_float(images[idx], device))
         deltas = []
         for block in net.layers:
+            if block.norm_first:
+                x = block.bn(x)
+            if block.padding:
+                x = F.pad(x, (block.padding,) * 4, mode="reflect")
             conv = block.conv
             m, k = conv.weight.shape[0], conv.kernel_size
             w2 = conv.weight.reshape(m, -1)
             rows = unfold_rows(x, k)
-            deltas.append(UNFUSED[rule](rows, w2))
-            w_used = w2 if rule == "hpca" else F.normalize(w2, dim=1)
+            deltas.append(_unfused_update(conv, rows, w2))
+            w_used = w2 if conv.rule in ("hpca", "softhebb") else F.normalize(w2, dim=1)
             side = x.shape[-1] - k + 1
-            y = torch.relu(rows @ w_used.T).reshape(x.shape[0], side, side, m).permute(0, 3, 1, 2)
-            if block.pool:
-                y = F.max_pool2d(y, block.pool)
-            x = block.bn(y)
+            y = conv.activation((rows @ w_used.T).reshape(x.shape[0], side, side, m).permute(0, 3, 1, 2))
+            if block.pool is not None:
+                y = block.pool(y)
+            x = y if block.norm_first else block.bn(y)
         for block, dw in zip(net.layers, deltas):
             block.conv.weight.add_(dw.reshape_as(block.conv.weight), alpha=lr)
     sync(device)
 
 
 def pretrain_epoch(rule: str, images: torch.Tensor, device: torch.device, repeats: int = 1,
-                   warmup_images: int = 256, baseline: bool = True) -> dict:
+                   warmup_images: int = 256, baseline: bool = True, arch: str = "cifar6") -> dict:
     """Seconds of one epoch of `pretrain` over `images` (median of `repeats`), and of the unfused loop."""
+    from hebb.architectures import architecture
+
+    plan = architecture(arch)
+    batch, lr = plan.batch_size, plan.hebbian_lr
     torch.manual_seed(0)
-    proto = build_network(rule=rule).to(device)
+    proto = build_network(arch=arch, rule=rule).to(device)
     images = images.to(device)
     n = len(images)
-    _pretrain(copy.deepcopy(proto), images[:warmup_images], device)  # warm-up: allocator, kernels, threads
+    _pretrain(copy.deepcopy(proto), images[:warmup_images], device, batch, lr)  # warm-up: allocator, kernels
     epochs = []
     for _ in range(repeats):
-        stats = _pretrain(copy.deepcopy(proto), images, device)
+        stats = _pretrain(copy.deepcopy(proto), images, device, batch, lr)
         epochs.append(stats["epoch_times_s"][0])
     epochs.sort()
     epoch_s = epochs[len(epochs) // 2]
-    out = {"rule": rule, "n_images": n, "batch": flops.BATCH, "epoch_s": epoch_s, "epoch_s_all": epochs,
-           "images_per_s": n / epoch_s, "time_s_with_bn_recalibration": stats["time_s"]}
+    out = {"rule": rule, "arch": arch, "n_images": n, "batch": batch, "lr": lr, "epoch_s": epoch_s,
+           "epoch_s_all": epochs, "images_per_s": n / epoch_s, "time_s_with_bn_recalibration": stats["time_s"]}
     if baseline:
-        unfused_epoch(copy.deepcopy(proto), images[:warmup_images], device)
-        t, _ = wall_time(lambda: unfused_epoch(copy.deepcopy(proto), images, device), device)
+        unfused_epoch(copy.deepcopy(proto), images[:warmup_images], device, batch, lr)
+        t, _ = wall_time(lambda: unfused_epoch(copy.deepcopy(proto), images, device, batch, lr), device)
         out.update(unfused_epoch_s=t, unfused_images_per_s=n / t, speedup_vs_unfused=t / epoch_s)
     return out
 
