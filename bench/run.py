@@ -34,7 +34,8 @@ from bench import flops, profiling, reference, rules as rule_bench, serving, tim
 
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
 TEMP_DIRS: list[Path] = []  # removed when the run ends
-SECTIONS = ("limits", "rules", "pretrain", "reference", "finetune", "extract", "decode", "search", "profile")
+SECTIONS = ("limits", "rules", "pretrain", "reference", "finetune", "probe", "extract", "decode", "search",
+            "profile")
 #: (rule, architecture) of the pre-training epochs
 PRETRAIN = (("hpca", "cifar6"), ("swta", "cifar6"), ("wta", "cifar6"), ("softhebb", "wide3"))
 
@@ -69,12 +70,13 @@ def sizes(args, device: torch.device) -> dict:
     if args.quick:
         return dict(n_images=args.n_images or 16, ft_train=32, ft_val=16, ft_epochs=1, extract=64, decode=50,
                     n_db=2000, n_batched=50, n_single=10, repeats=args.repeats or 2, pretrain_repeats=1,
-                    reference_batches=1)
+                    reference_batches=1, probe_epochs=1)
     return dict(n_images=args.n_images or (40_000 if gpu else 1024),
                 ft_train=args.finetune_images or (4000 if gpu else 256), ft_val=10_000 if gpu else 256,
                 ft_epochs=args.finetune_epochs or (20 if gpu else 2), extract=40_000 if gpu else 2048,
                 decode=2000, n_db=40_000, n_batched=1000, n_single=1000 if gpu else 200,
-                repeats=args.repeats or 5, pretrain_repeats=3 if gpu else 1, reference_batches=5)
+                repeats=args.repeats or 5, pretrain_repeats=3 if gpu else 1, reference_batches=5,
+                probe_epochs=50 if gpu else 10)
 
 
 def load_data(args, need: int):
@@ -155,8 +157,19 @@ def run_sections(args, device, sz, sections, result, log):
         metrics["copy_gbs"] = lim["copy"]["gbs"]
         rate = lim["matmul"]["gflops"]
 
-    def frac(gflops):
-        return None if rate is None or gflops is None else gflops / rate
+    def frac(gflops, local=None):
+        limit = local or rate
+        return None if limit is None or gflops is None else gflops / limit
+
+    def local_rate(fn):
+        """fn()'s result and the matmul rate measured just before and after it (mean): on a shared machine
+        the rate of the moment, against which the fractions of that timing are taken."""
+        if "limits" not in sections:
+            return fn(), None
+        n = 512 if args.quick else None
+        before = timing.matmul_rate(device, n, repeats=3)["gflops"]
+        out = fn()
+        return out, (before + timing.matmul_rate(device, n, repeats=3)["gflops"]) / 2
 
     section("limits", limits)
     details["work"] = flops.network_work(device_type=device.type)
@@ -166,10 +179,11 @@ def run_sections(args, device, sz, sections, result, log):
     result["data"] = data_desc
 
     def rules_():
-        cases = rule_bench.run(device, repeats=sz["repeats"], quick=args.quick)
+        cases, local = local_rate(lambda: rule_bench.run(device, repeats=sz["repeats"], quick=args.quick))
         details["rules"] = cases
         for c in cases:
-            c["fast_fraction_of_matmul"] = frac(c["fast_gflops"])
+            c["matmul_gflops_local"] = local
+            c["fast_fraction_of_matmul"] = frac(c["fast_gflops"], local)
         metrics["rules_fast_equal_reference"] = all(c.get("fast_equals_reference", True) for c in cases)
         metrics["rules_max_rel_err_vs_reference"] = max(c["rel_err_vs_reference"].get("fast", 0) for c in cases)
 
@@ -177,12 +191,13 @@ def run_sections(args, device, sz, sections, result, log):
         n = min(sz["n_images"], len(train))
         images = train.images[:n]
         for rule, arch in PRETRAIN:
-            r = training.pretrain_epoch(rule, images, device, repeats=sz["pretrain_repeats"],
-                                        warmup_images=min(256, n), arch=arch)
+            r, local = local_rate(lambda: training.pretrain_epoch(rule, images, device, repeats=sz["pretrain_repeats"],
+                                                                  warmup_images=min(256, n), arch=arch))
             fl = pretrain_flops(epoch_batches(n, r["batch"]), rule, device.type, arch)
             r["fast_gflops"] = fl / r["epoch_s"] / 1e9
-            r["fraction_of_matmul"] = frac(r["fast_gflops"])
-            r["floor_s_at_matmul_rate"] = None if rate is None else fl / (rate * 1e9)
+            r["matmul_gflops_local"] = local
+            r["fraction_of_matmul"] = frac(r["fast_gflops"], local)
+            r["floor_s_at_matmul_rate"] = None if rate is None else fl / ((local or rate) * 1e9)
             details[f"pretrain_{rule}"] = r
             metrics.update({f"{rule}_epoch_s": r["epoch_s"], f"{rule}_n_images": n,
                             f"{rule}_images_per_s": r["images_per_s"],
@@ -197,12 +212,17 @@ def run_sections(args, device, sz, sections, result, log):
             log(details["reference"]["skipped"])
             return
         n = 64 * (sz["reference_batches"] + 1)
-        cases = [reference.compare(rule, train.images[:max(n, 1024)], repo, batches=sz["reference_batches"])
-                 for rule in reference.RULES]
+        cases = []
+        for rule in reference.RULES:
+            c, local = local_rate(lambda: reference.compare(rule, train.images[:max(n, 1024)], repo,
+                                                            batches=sz["reference_batches"]))
+            c["matmul_gflops_local"] = local
+            cases.append(c)
         work = {rule: pretrain_flops([64], rule, device.type) for rule in reference.RULES}
         for c in cases:
-            c["hebbir_fraction_of_matmul"] = frac(work[c["rule"]] / c["hebbir_s_per_batch"] / 1e9)
-            c["floor_s_at_matmul_rate"] = None if rate is None else work[c["rule"]] / (rate * 1e9)
+            local = c["matmul_gflops_local"] or rate
+            c["hebbir_fraction_of_matmul"] = frac(work[c["rule"]] / c["hebbir_s_per_batch"] / 1e9, local)
+            c["floor_s_at_matmul_rate"] = None if local is None else work[c["rule"]] / (local * 1e9)
             c["speedup_ceiling_at_matmul_rate"] = (None if rate is None
                                                    else c["reference_s_per_batch"] / c["floor_s_at_matmul_rate"])
             metrics[f"{c['rule']}_speedup_vs_reference"] = c["speedup"]
@@ -218,6 +238,14 @@ def run_sections(args, device, sz, sections, result, log):
         metrics.update(finetune_run_s=r["run_s"], finetune_config=r["config"],
                        finetune_plain_loop_s=r.get("plain_loop_s"),
                        finetune_overhead_vs_plain=r.get("overhead_vs_plain"))
+
+    def probe_():
+        tr = _take(train, sz["ft_train"])
+        va = _take(val, sz["ft_val"]) if val is not train else tr
+        r = training.probe_run(tr, va, device, sz["probe_epochs"])
+        details["probe"] = r
+        metrics.update(probe_run_s=r["run_s"], probe_config=r["config"], probe_plain_loop_s=r.get("plain_loop_s"),
+                       probe_overhead_vs_plain=r.get("overhead_vs_plain"))
 
     def extract():
         r = serving.extraction(train.images[:sz["extract"]], device, fit_images=min(1024, sz["extract"]))
@@ -250,6 +278,7 @@ def run_sections(args, device, sz, sections, result, log):
     section("pretrain", pretrain_)
     section("reference", reference_)
     section("finetune", finetune_)
+    section("probe", probe_)
     section("extract", extract)
     section("decode", decode)
     section("search", search)
@@ -288,6 +317,11 @@ def format_summary(result: dict) -> str:
         c = m["finetune_config"]
         row("finetune_run_s", m["finetune_run_s"], m.get("finetune_plain_loop_s"),
             None if not m.get("finetune_overhead_vs_plain") else 1 / m["finetune_overhead_vs_plain"], None,
+            f"{c['train_images']} train / {c['val_images']} val, {c['epochs']} epochs; baseline bare loop")
+    if m.get("probe_run_s") is not None:
+        c = m["probe_config"]
+        row("probe_run_s", m["probe_run_s"], m.get("probe_plain_loop_s"),
+            None if not m.get("probe_overhead_vs_plain") else 1 / m["probe_overhead_vs_plain"], None,
             f"{c['train_images']} train / {c['val_images']} val, {c['epochs']} epochs; baseline bare loop")
     if m.get("extract_img_per_s") is not None:
         row("extract_img_per_s", m["extract_img_per_s"], m.get("extract_bare_forward_img_per_s"), None,

@@ -5,7 +5,9 @@
     unfused    the FastHebb-style loop: per layer unfold the input, compute the outputs from the patch rows,
                apply the plain matrix rule (HPCA: tril(YᵀY)·W; SoftHebb: its step), then SGD on all layers
     finetune   hebb.finetune.finetune, end to end at layer 5, with validation every epoch
-    plain      the same net, epochs and optimiser in a bare loop (no validation, no early stopping)
+    plain      the same net, epochs, optimiser and per-epoch validation pass in a bare loop
+    probe      hebb.finetune.probe, a linear head on frozen layer-5 features (features once, Adam, validation)
+    plain      the bare forward for the features, then the same head, epochs and validation in a bare loop
 """
 
 from __future__ import annotations
@@ -107,9 +109,18 @@ def pretrain_epoch(rule: str, images: torch.Tensor, device: torch.device, repeat
     return out
 
 
+@torch.no_grad()
+def _val_correct(model, x: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> int:
+    model.eval()
+    hits = sum(int((model(x[s:s + batch_size]).argmax(1) == labels[s:s + batch_size]).sum())
+               for s in range(0, len(x), batch_size))
+    model.train()
+    return hits
+
+
 def plain_finetune(net, train: ArraySet, device: torch.device, epochs: int, batch_size: int = 64,
-                   lr: float = 1e-3, weight_decay: float = 5e-2, seed: int = 0) -> None:
-    """The bare loop: SGD Nesterov 0.9, cross-entropy, no validation, no early stopping."""
+                   lr: float = 1e-3, weight_decay: float = 5e-2, seed: int = 0, val: ArraySet | None = None) -> None:
+    """The bare loop: SGD Nesterov 0.9, cross-entropy, top-1 on `val` after every epoch, no early stopping."""
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     images, labels = train.images.to(device), train.labels.to(device)
@@ -125,6 +136,8 @@ def plain_finetune(net, train: ArraySet, device: torch.device, epochs: int, batc
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if val is not None:
+            _val_correct(net, to_float(val.images.to(device), device), val.labels.to(device))
     sync(device)
 
 
@@ -145,6 +158,55 @@ def finetune_run(train: ArraySet, val: ArraySet, device: torch.device, epochs: i
            "train_images_per_s": len(train) * epochs / t}
     if baseline:
         plain_finetune(copy.deepcopy(proto), warm, device, 1)
-        tp, _ = wall_time(lambda: plain_finetune(copy.deepcopy(proto), train, device, epochs), device)
+        tp, _ = wall_time(lambda: plain_finetune(copy.deepcopy(proto), train, device, epochs, val=val), device)
+        out.update(plain_loop_s=tp, overhead_vs_plain=t / tp)
+    return out
+
+
+def plain_probe(net, train: ArraySet, val: ArraySet, device: torch.device, epochs: int, layer: int = 5,
+                batch_size: int = 64, lr: float = 1e-3, seed: int = 0) -> None:
+    """The bare probe: features by the bare forward, then dropout + linear head with Adam, top-1 each epoch."""
+    net.eval()
+    with torch.no_grad():
+        feats = torch.cat([net.features(to_float(train.images[s:s + 250].to(device), device), layer).flatten(1)
+                           for s in range(0, len(train), 250)])
+        val_feats = torch.cat([net.features(to_float(val.images[s:s + 250].to(device), device), layer).flatten(1)
+                               for s in range(0, len(val), 250)])
+    labels, val_labels = train.labels.to(device), val.labels.to(device)
+    torch.manual_seed(seed)
+    linear = torch.nn.Linear(feats.shape[1], len(train.classes)).to(device)
+    head = torch.nn.Sequential(torch.nn.Dropout(0.5), linear)
+    opt = torch.optim.Adam(linear.parameters(), lr=lr)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for _ in range(epochs):
+        head.train()
+        order = torch.randperm(len(feats), generator=gen, device=device)
+        for start in range(0, len(feats), batch_size):
+            idx = order[start:start + batch_size]
+            loss = F.cross_entropy(head(feats[idx]), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        _val_correct(linear, val_feats, val_labels)
+    sync(device)
+
+
+def probe_run(train: ArraySet, val: ArraySet, device: torch.device, epochs: int, layer: int = 5,
+              baseline: bool = True) -> dict:
+    """Wall seconds of one `probe` call (HPCA-initialised net, layer 5) and of the bare probe loop."""
+    from hebb.finetune import probe
+
+    torch.manual_seed(0)
+    proto = build_network(rule="hpca").to(device)
+    warm = ArraySet(train.images[:128], train.labels[:128], train.paths[:128], train.classes)
+    probe(copy.deepcopy(proto), warm, warm, layer=layer, epochs=1, device=device, progress=False)
+    t, (_, stats) = wall_time(lambda: probe(copy.deepcopy(proto), train, val, layer=layer, epochs=epochs,
+                                            device=device, progress=False), device)
+    out = {"config": {"train_images": len(train), "val_images": len(val), "epochs": epochs, "layer": layer,
+                      "batch": 64, "init": "hpca (untrained weights)"},
+           "run_s": t, "features_s": stats.get("features_s")}
+    if baseline:
+        plain_probe(copy.deepcopy(proto), warm, warm, device, 1, layer)
+        tp, _ = wall_time(lambda: plain_probe(copy.deepcopy(proto), train, val, device, epochs, layer), device)
         out.update(plain_loop_s=tp, overhead_vs_plain=t / tp)
     return out
