@@ -110,3 +110,12 @@ def test_reference_code_computes_the_same_updates_as_hebbir():
         r = reference.compare(rule, images, reference.locate(), batches=1)
         assert max(r["first_update_rel_diff_per_layer"]) < 1e-4, rule
         assert r["hebbir_s_per_batch"] > 0 and r["reference_s_per_batch"] > 0
+
+
+def test_scaling_width_curve_counts_work_that_grows_with_the_neurons(one_thread):
+    from bench import scaling
+
+    points = scaling.width_curve("swta", 5, (256, 512), repeats=1)
+    assert [p["neurons"] for p in points] == [256, 512]
+    assert 1.99 < points[1]["macs"] / points[0]["macs"] < 2.0  # fully connected: ~linear in M (+ N·D patch norms)
+    assert all(p["step_s"] > 0 and p["gflops"] > 0 for p in points)
