@@ -211,7 +211,7 @@ class HebbConv2d(nn.Module):
                 ones = torch.ones(1, 1, *w.shape[2:], dtype=x.dtype, device=x.device)
                 patch_norm = F.conv2d((x * x).sum(dim=1, keepdim=True), ones, stride=self.stride).sqrt()
             patch_norm = torch.where(patch_norm > 0, patch_norm, torch.ones_like(patch_norm))
-            r = rules.soft_competition(pre / patch_norm, self.temperature)
+            r = rules.soft_competition(pre, patch_norm, self.temperature)
         else:
             # argmax of cosine = argmax of pre, the patch norm being common to all neurons; the argmax runs
             # across channels 2x faster on the CPU in channels-last layout

@@ -58,9 +58,12 @@ def weighted_mean_finish(qx: torch.Tensor, q_sum: torch.Tensor, r_sum: torch.Ten
     return qx.mul_(inv[:, None]).addcmul_(w, (q_sum * inv)[:, None], value=-1)
 
 
-def soft_competition(cos: torch.Tensor, temperature: float, dim: int = 1) -> torch.Tensor:
-    """Soft-WTA coefficients R = softmax(((1 + cos) / 2)² / T) across neurons."""
-    return torch.softmax((cos + 1).mul_(0.5).square_().div_(temperature), dim=dim)
+def soft_competition(dots: torch.Tensor, norms: torch.Tensor, temperature: float, dim: int = 1) -> torch.Tensor:
+    """Soft-WTA coefficients R = softmax(((1 + cos) / 2)² / T) across neurons, cos = dots / norms (the
+    products with unit-norm weights over the input norms, which broadcast against dots)."""
+    # 1 + dots / norms in one pass, then two in place: each pass over a conv layer's outputs costs ms
+    scores = torch.addcdiv(dots.new_ones(()), dots, norms).square_().mul_(0.25 / temperature)
+    return torch.softmax(scores, dim=dim)
 
 
 def softhebb_signal(u: torch.Tensor, inv_temperature: float, dim: int = 1) -> torch.Tensor:
@@ -161,7 +164,7 @@ def swta_delta(x: torch.Tensor, w: torch.Tensor, temperature: float = 0.02, y: t
     for rows in _chunks(n, max(m, d), chunk_elements):
         xc = x[rows]
         if y is None:
-            r = soft_competition((xc @ w_unit.T) / row_norms(xc)[:, None], temperature)
+            r = soft_competition(xc @ w_unit.T, row_norms(xc)[:, None], temperature)
         else:
             r = y[rows].to(w.dtype)
         q = r * r
