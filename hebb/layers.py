@@ -97,7 +97,9 @@ class HebbConv2d(nn.Module):
             # x·(w/‖w‖) = (x·w)/‖w‖: dividing the (B, M) outputs costs far less than the (M, D) kernels
             w = self.weight.flatten(1)
             norms = w.norm(dim=1)
-            return (F.linear(x.flatten(1), w) / torch.where(norms > 0, norms, torch.ones_like(norms)))[:, :, None, None]
+            out = F.linear(x.flatten(1), w)
+            norms = torch.where(norms > 0, norms, torch.ones_like(norms)).to(out.dtype)  # autocast: out's dtype
+            return (out / norms)[:, :, None, None]
         return F.conv2d(x, self.effective_weight(), stride=self.stride)
 
     def _moments(self, x: torch.Tensor, q: torch.Tensor, shape) -> torch.Tensor:
