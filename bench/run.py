@@ -233,7 +233,7 @@ def run_sections(args, device, sz, sections, result, log):
     def finetune_():
         tr = _take(train, sz["ft_train"])
         va = _take(val, sz["ft_val"]) if val is not train else tr
-        r = training.finetune_run(tr, va, device, sz["ft_epochs"])
+        r = training.finetune_run(tr, va, device, sz["ft_epochs"], repeats=1 if args.quick else 3)
         details["finetune"] = r
         metrics.update(finetune_run_s=r["run_s"], finetune_config=r["config"],
                        finetune_plain_loop_s=r.get("plain_loop_s"),
@@ -242,7 +242,7 @@ def run_sections(args, device, sz, sections, result, log):
     def probe_():
         tr = _take(train, sz["ft_train"])
         va = _take(val, sz["ft_val"]) if val is not train else tr
-        r = training.probe_run(tr, va, device, sz["probe_epochs"])
+        r = training.probe_run(tr, va, device, sz["probe_epochs"], repeats=1 if args.quick else 3)
         details["probe"] = r
         metrics.update(probe_run_s=r["run_s"], probe_config=r["config"], probe_plain_loop_s=r.get("plain_loop_s"),
                        probe_overhead_vs_plain=r.get("overhead_vs_plain"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -141,24 +142,38 @@ def plain_finetune(net, train: ArraySet, device: torch.device, epochs: int, batc
     sync(device)
 
 
+def _alternate(project, bare, device: torch.device, repeats: int):
+    """(median s of project(), median s of bare() or None, project()'s last result), the two run in turn."""
+    times, bare_times, result = [], [], None
+    for _ in range(repeats):
+        t, result = wall_time(project, device)
+        times.append(t)
+        if bare is not None:
+            bare_times.append(wall_time(bare, device)[0])
+    return statistics.median(times), statistics.median(bare_times) if bare_times else None, result
+
+
 def finetune_run(train: ArraySet, val: ArraySet, device: torch.device, epochs: int, layer: int = 5,
-                 baseline: bool = True) -> dict:
-    """Wall seconds of one `finetune` call (HPCA-initialised net, cut at `layer`) and of the bare loop."""
+                 baseline: bool = True, repeats: int = 3) -> dict:
+    """Wall seconds of one `finetune` call (HPCA-initialised net, cut at `layer`) and of the bare loop,
+    median of `repeats` runs of each, in turn."""
     from hebb.finetune import finetune
 
     torch.manual_seed(0)
     proto = build_network(rule="hpca").to(device).cut(layer, len(train.classes))
     warm = ArraySet(train.images[:128], train.labels[:128], train.paths[:128], train.classes)
     finetune(copy.deepcopy(proto), warm, None, layer=layer, epochs=1, device=device, progress=False)
-    t, (_, stats) = wall_time(lambda: finetune(copy.deepcopy(proto), train, val, layer=layer, epochs=epochs,
-                                               device=device, progress=False), device)
+    if baseline:
+        plain_finetune(copy.deepcopy(proto), warm, device, 1)
+    t, tp, (_, stats) = _alternate(
+        lambda: finetune(copy.deepcopy(proto), train, val, layer=layer, epochs=epochs, device=device, progress=False),
+        (lambda: plain_finetune(copy.deepcopy(proto), train, device, epochs, val=val)) if baseline else None,
+        device, repeats)
     out = {"config": {"train_images": len(train), "val_images": len(val), "epochs": epochs, "layer": layer,
-                      "batch": 64, "init": "hpca (untrained weights)"},
+                      "batch": 64, "init": "hpca (untrained weights)", "repeats": repeats},
            "run_s": t, "epoch_times_s": stats.get("epoch_times_s"),
            "train_images_per_s": len(train) * epochs / t}
     if baseline:
-        plain_finetune(copy.deepcopy(proto), warm, device, 1)
-        tp, _ = wall_time(lambda: plain_finetune(copy.deepcopy(proto), train, device, epochs, val=val), device)
         out.update(plain_loop_s=tp, overhead_vs_plain=t / tp)
     return out
 
@@ -192,21 +207,24 @@ def plain_probe(net, train: ArraySet, val: ArraySet, device: torch.device, epoch
 
 
 def probe_run(train: ArraySet, val: ArraySet, device: torch.device, epochs: int, layer: int = 5,
-              baseline: bool = True) -> dict:
-    """Wall seconds of one `probe` call (HPCA-initialised net, layer 5) and of the bare probe loop."""
+              baseline: bool = True, repeats: int = 3) -> dict:
+    """Wall seconds of one `probe` call (HPCA-initialised net, layer 5) and of the bare probe loop, median of
+    `repeats` runs of each, in turn."""
     from hebb.finetune import probe
 
     torch.manual_seed(0)
     proto = build_network(rule="hpca").to(device)
     warm = ArraySet(train.images[:128], train.labels[:128], train.paths[:128], train.classes)
     probe(copy.deepcopy(proto), warm, warm, layer=layer, epochs=1, device=device, progress=False)
-    t, (_, stats) = wall_time(lambda: probe(copy.deepcopy(proto), train, val, layer=layer, epochs=epochs,
-                                            device=device, progress=False), device)
-    out = {"config": {"train_images": len(train), "val_images": len(val), "epochs": epochs, "layer": layer,
-                      "batch": 64, "init": "hpca (untrained weights)"},
-           "run_s": t, "features_s": stats.get("features_s")}
     if baseline:
         plain_probe(copy.deepcopy(proto), warm, warm, device, 1, layer)
-        tp, _ = wall_time(lambda: plain_probe(copy.deepcopy(proto), train, val, device, epochs, layer), device)
+    t, tp, (_, stats) = _alternate(
+        lambda: probe(copy.deepcopy(proto), train, val, layer=layer, epochs=epochs, device=device, progress=False),
+        (lambda: plain_probe(copy.deepcopy(proto), train, val, device, epochs, layer)) if baseline else None,
+        device, repeats)
+    out = {"config": {"train_images": len(train), "val_images": len(val), "epochs": epochs, "layer": layer,
+                      "batch": 64, "init": "hpca (untrained weights)", "repeats": repeats},
+           "run_s": t, "features_s": stats.get("features_s")}
+    if baseline:
         out.update(plain_loop_s=tp, overhead_vs_plain=t / tp)
     return out
