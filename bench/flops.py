@@ -10,6 +10,9 @@ N = B·H'·W' patch rows of D = C·k·k inputs and M neurons:
                       running-sum form 2·N·M·D + N·M·b + M·b·D with neuron blocks of b
     swta              N·M·D (QᵀX) + N·D (patch norms)
     wta               N·M·D (QᵀX with the dense one-hot Q that hebb.layers uses)
+    softhebb          N·M·D (ỸᵀX) + N·M (Σ Ỹ·U)
+
+Other architectures (wide3: padded convolutions, overlapping pools) are counted the same way, per layer.
 
 Bytes: `min_bytes` is the floor of a fused step (read the input map and W, write the output map and dW);
 `unfold_bytes` is what materialising the unfolded patches adds (write N·D floats and read them back).
@@ -29,7 +32,8 @@ BATCH = 64
 
 @dataclass(frozen=True)
 class LayerShape:
-    """One feature layer: input (C, H, W), kernel k, M neurons, conv output side, pooled output side."""
+    """One feature layer: input (C, H, W) as the convolution sees it (after padding), kernel k, M neurons,
+    conv output side, pooled output side."""
 
     index: int
     in_channels: int
@@ -54,9 +58,10 @@ def layer_shapes(arch: str = "conv6") -> list[LayerShape]:
     plan = ARCHITECTURES[arch]
     shapes, channels, side = [], plan.in_channels, plan.input_size
     for i, lp in enumerate(plan.layers, start=1):
-        conv = side - lp.kernel_size + 1
-        out = conv // lp.pool if lp.pool > 1 else conv
-        shapes.append(LayerShape(i, channels, side, lp.kernel_size, lp.out_channels, conv, out))
+        padded = side + 2 * lp.padding
+        conv = padded - lp.kernel_size + 1
+        out = (conv + 2 * lp.pool_padding - lp.pool) // (lp.pool_stride or lp.pool) + 1 if lp.pool > 1 else conv
+        shapes.append(LayerShape(i, channels, padded, lp.kernel_size, lp.out_channels, conv, out))
         channels, side = lp.out_channels, out
     return shapes
 
@@ -89,6 +94,7 @@ def layer_work(shape: LayerShape, batch: int = BATCH, device_type: str = "cpu") 
         "hpca_fast_form": hpca_form,
         "swta_macs": n * m * d + n * d,
         "wta_macs": n * m * d,
+        "softhebb_macs": n * m * d + n * m,
         "min_bytes": FLOAT_BYTES * (in_floats + out_floats + 2 * m * d),
         "unfold_bytes": 0 if shape.conv_side == 1 else FLOAT_BYTES * 2 * n * d,
     }
@@ -103,7 +109,7 @@ def network_work(batch: int = BATCH, epoch_images: int = EPOCH_IMAGES, device_ty
     layers = [layer_work(s, batch, device_type) for s in layer_shapes(arch)]
     batches = epoch_images / batch
     totals = {}
-    for key in ("forward", "hpca_reference", "hpca_fast", "swta", "wta"):
+    for key in ("forward", "hpca_reference", "hpca_fast", "swta", "wta", "softhebb"):
         macs = sum(layer[f"{key}_macs"] for layer in layers)
         if key != "forward":
             macs += sum(layer["forward_macs"] for layer in layers)
@@ -112,8 +118,8 @@ def network_work(batch: int = BATCH, epoch_images: int = EPOCH_IMAGES, device_ty
     min_bytes = sum(layer["min_bytes"] for layer in layers)
     totals["min_gbytes_per_batch"] = min_bytes / 1e9
     totals["unfold_gbytes_per_batch"] = sum(layer["unfold_bytes"] for layer in layers) / 1e9
-    return {"batch": batch, "epoch_images": epoch_images, "device_type": device_type, "layers": layers,
-            "totals": totals}
+    return {"arch": arch, "batch": batch, "epoch_images": epoch_images, "device_type": device_type,
+            "layers": layers, "totals": totals}
 
 
 def floor_seconds(macs: float, nbytes: float, matmul_gflops: float, bandwidth_gbs: float) -> float:

@@ -58,7 +58,14 @@ def wta_unfused(x_rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return dw
 
 
-UNFUSED = {"hpca": hpca_unfused, "swta": swta_unfused, "wta": wta_unfused}
+def softhebb_unfused(x_rows: torch.Tensor, w: torch.Tensor, inv_temperature: float = 1.0) -> torch.Tensor:
+    u = x_rows @ w.T
+    y = torch.softmax(u * inv_temperature, dim=1)
+    y = torch.where(F.one_hot(u.argmax(1), w.shape[0]).bool(), y, -y)
+    return y.T @ x_rows - (y * u).sum(0)[:, None] * w
+
+
+UNFUSED = {"hpca": hpca_unfused, "swta": swta_unfused, "wta": wta_unfused, "softhebb": softhebb_unfused}
 RULES_FAST = {"hpca": rules.hpca_delta, "swta": rules.swta_delta, "wta": rules.wta_delta}
 REFERENCE = {"hpca": rules.hpca_delta_reference, "swta": rules.swta_delta_reference,
              "wta": rules.wta_delta_reference}

@@ -3,9 +3,11 @@
     python bench/run.py [--device auto|cpu|cuda] [--quick] [--data ARCHIVE_OR_DATA_DIR] [--n-images N]
 
 Sections: machine limits (matmul rate, copy bandwidth), work counts, rules (fast vs unfused vs per-sample
-reference), pre-training epochs (HPCA, soft-WTA) vs an unfused loop, a fine-tuning run vs a bare loop, feature
-extraction vs the bare forward, JPEG decoding vs PIL, exact search (torch, faiss if installed), and a
-torch.profiler breakdown of one pre-training step. Needs torch only (faiss and streamlit are optional).
+reference), pre-training epochs (HPCA, soft-WTA, WTA on cifar6; SoftHebb on wide3) vs an unfused loop, the
+original FastHebb code on the same batches (`--reference PATH` or HEBBIR_FASTHEBB_REF; skipped without it),
+a fine-tuning run vs a bare loop, feature extraction vs the bare forward, JPEG decoding vs PIL, exact search
+(torch, faiss if installed), and a torch.profiler breakdown of one pre-training step. Needs torch only (faiss
+and streamlit are optional).
 The result goes to bench/results/<date>-<time>-<device>.json (see bench/README.md for the fields).
 """
 
@@ -28,11 +30,14 @@ if sys.path and Path(sys.path[0]).resolve() == REPO / "bench":
 
 import torch  # noqa: E402
 
-from bench import flops, profiling, rules as rule_bench, serving, timing, training  # noqa: E402
+from bench import flops, profiling, reference, rules as rule_bench, serving, timing, training  # noqa: E402
 
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
 TEMP_DIRS: list[Path] = []  # removed when the run ends
-SECTIONS = ("limits", "rules", "pretrain", "finetune", "extract", "decode", "search", "profile")
+SECTIONS = ("limits", "rules", "pretrain", "reference", "finetune", "probe", "extract", "decode", "search",
+            "profile")
+#: (rule, architecture) of the pre-training epochs
+PRETRAIN = (("hpca", "cifar6"), ("swta", "cifar6"), ("wta", "cifar6"), ("softhebb", "wide3"))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
     p.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--reference", default=None,
+                   help="clone or bare git directory of GabrieleLagani/HebbianLearning (tag fasthebb) for the "
+                        f"reference section (default: ${reference.ENV}; skipped when neither is there)")
     p.add_argument("--git-commit", default=None,
                    help="commit to record when the tree has no .git (e.g. a copy on the device machine)")
     return p.parse_args(argv)
@@ -61,12 +69,14 @@ def sizes(args, device: torch.device) -> dict:
     gpu = device.type == "cuda"
     if args.quick:
         return dict(n_images=args.n_images or 16, ft_train=32, ft_val=16, ft_epochs=1, extract=64, decode=50,
-                    n_db=2000, n_batched=50, n_single=10, repeats=args.repeats or 2, pretrain_repeats=1)
+                    n_db=2000, n_batched=50, n_single=10, repeats=args.repeats or 2, pretrain_repeats=1,
+                    reference_batches=1, probe_epochs=1)
     return dict(n_images=args.n_images or (40_000 if gpu else 1024),
                 ft_train=args.finetune_images or (4000 if gpu else 256), ft_val=10_000 if gpu else 256,
                 ft_epochs=args.finetune_epochs or (20 if gpu else 2), extract=40_000 if gpu else 2048,
                 decode=2000, n_db=40_000, n_batched=1000, n_single=1000 if gpu else 200,
-                repeats=args.repeats or 5, pretrain_repeats=3 if gpu else 1)
+                repeats=args.repeats or 5, pretrain_repeats=3 if gpu else 1, reference_batches=5,
+                probe_epochs=50 if gpu else 10)
 
 
 def load_data(args, need: int):
@@ -107,12 +117,12 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
 
 
-def pretrain_flops(batch_sizes: list[int], rule: str, device_type: str) -> float:
+def pretrain_flops(batch_sizes: list[int], rule: str, device_type: str, arch: str = "cifar6") -> float:
     """FLOPs of the fast pre-training steps for these batch sizes (2 x MACs of forward + update)."""
-    key = {"hpca": "hpca_fast", "swta": "swta", "wta": "wta"}[rule]
+    key = {"hpca": "hpca_fast"}.get(rule, rule)
     total = 0.0
     for b in set(batch_sizes):
-        work = flops.network_work(batch=b, device_type=device_type)["totals"][f"{key}_step_gmac_per_batch"]
+        work = flops.network_work(batch=b, device_type=device_type, arch=arch)["totals"][f"{key}_step_gmac_per_batch"]
         total += 2 * work * 1e9 * batch_sizes.count(b)
     return total
 
@@ -147,8 +157,19 @@ def run_sections(args, device, sz, sections, result, log):
         metrics["copy_gbs"] = lim["copy"]["gbs"]
         rate = lim["matmul"]["gflops"]
 
-    def frac(gflops):
-        return None if rate is None or gflops is None else gflops / rate
+    def frac(gflops, local=None):
+        limit = local or rate
+        return None if limit is None or gflops is None else gflops / limit
+
+    def local_rate(fn):
+        """fn()'s result and the matmul rate measured just before and after it (mean): on a shared machine
+        the rate of the moment, against which the fractions of that timing are taken."""
+        if "limits" not in sections:
+            return fn(), None
+        n = 512 if args.quick else None
+        before = timing.matmul_rate(device, n, repeats=3)["gflops"]
+        out = fn()
+        return out, (before + timing.matmul_rate(device, n, repeats=3)["gflops"]) / 2
 
     section("limits", limits)
     details["work"] = flops.network_work(device_type=device.type)
@@ -158,23 +179,25 @@ def run_sections(args, device, sz, sections, result, log):
     result["data"] = data_desc
 
     def rules_():
-        cases = rule_bench.run(device, repeats=sz["repeats"], quick=args.quick)
+        cases, local = local_rate(lambda: rule_bench.run(device, repeats=sz["repeats"], quick=args.quick))
         details["rules"] = cases
         for c in cases:
-            c["fast_fraction_of_matmul"] = frac(c["fast_gflops"])
+            c["matmul_gflops_local"] = local
+            c["fast_fraction_of_matmul"] = frac(c["fast_gflops"], local)
         metrics["rules_fast_equal_reference"] = all(c.get("fast_equals_reference", True) for c in cases)
         metrics["rules_max_rel_err_vs_reference"] = max(c["rel_err_vs_reference"].get("fast", 0) for c in cases)
 
     def pretrain_():
         n = min(sz["n_images"], len(train))
         images = train.images[:n]
-        for rule in ("hpca", "swta"):
-            r = training.pretrain_epoch(rule, images, device, repeats=sz["pretrain_repeats"],
-                                        warmup_images=min(256, n))
-            fl = pretrain_flops(epoch_batches(n), rule, device.type)
+        for rule, arch in PRETRAIN:
+            r, local = local_rate(lambda: training.pretrain_epoch(rule, images, device, repeats=sz["pretrain_repeats"],
+                                                                  warmup_images=min(256, n), arch=arch))
+            fl = pretrain_flops(epoch_batches(n, r["batch"]), rule, device.type, arch)
             r["fast_gflops"] = fl / r["epoch_s"] / 1e9
-            r["fraction_of_matmul"] = frac(r["fast_gflops"])
-            r["floor_s_at_matmul_rate"] = None if rate is None else fl / (rate * 1e9)
+            r["matmul_gflops_local"] = local
+            r["fraction_of_matmul"] = frac(r["fast_gflops"], local)
+            r["floor_s_at_matmul_rate"] = None if rate is None else fl / ((local or rate) * 1e9)
             details[f"pretrain_{rule}"] = r
             metrics.update({f"{rule}_epoch_s": r["epoch_s"], f"{rule}_n_images": n,
                             f"{rule}_images_per_s": r["images_per_s"],
@@ -182,14 +205,47 @@ def run_sections(args, device, sz, sections, result, log):
                             f"{rule}_speedup_vs_unfused": r.get("speedup_vs_unfused"),
                             f"{rule}_fraction_of_matmul": r["fraction_of_matmul"]})
 
+    def reference_():
+        repo = reference.locate(args.reference)
+        if repo is None:
+            details["reference"] = {"skipped": f"no reference code (give --reference PATH or ${reference.ENV})"}
+            log(details["reference"]["skipped"])
+            return
+        n = 64 * (sz["reference_batches"] + 1)
+        cases = []
+        for rule in reference.RULES:
+            c, local = local_rate(lambda: reference.compare(rule, train.images[:max(n, 1024)], repo,
+                                                            batches=sz["reference_batches"]))
+            c["matmul_gflops_local"] = local
+            cases.append(c)
+        work = {rule: pretrain_flops([64], rule, device.type) for rule in reference.RULES}
+        for c in cases:
+            local = c["matmul_gflops_local"] or rate
+            c["hebbir_fraction_of_matmul"] = frac(work[c["rule"]] / c["hebbir_s_per_batch"] / 1e9, local)
+            c["floor_s_at_matmul_rate"] = None if local is None else work[c["rule"]] / (local * 1e9)
+            c["speedup_ceiling_at_matmul_rate"] = (None if rate is None
+                                                   else c["reference_s_per_batch"] / c["floor_s_at_matmul_rate"])
+            metrics[f"{c['rule']}_speedup_vs_reference"] = c["speedup"]
+            metrics[f"{c['rule']}_reference_s_per_batch"] = c["reference_s_per_batch"]
+            metrics[f"{c['rule']}_hebbir_s_per_batch"] = c["hebbir_s_per_batch"]
+        details["reference"] = {"repo": str(repo), "tag": reference.TAG, "cases": cases}
+
     def finetune_():
         tr = _take(train, sz["ft_train"])
         va = _take(val, sz["ft_val"]) if val is not train else tr
-        r = training.finetune_run(tr, va, device, sz["ft_epochs"])
+        r = training.finetune_run(tr, va, device, sz["ft_epochs"], repeats=1 if args.quick else 3)
         details["finetune"] = r
         metrics.update(finetune_run_s=r["run_s"], finetune_config=r["config"],
                        finetune_plain_loop_s=r.get("plain_loop_s"),
                        finetune_overhead_vs_plain=r.get("overhead_vs_plain"))
+
+    def probe_():
+        tr = _take(train, sz["ft_train"])
+        va = _take(val, sz["ft_val"]) if val is not train else tr
+        r = training.probe_run(tr, va, device, sz["probe_epochs"], repeats=1 if args.quick else 3)
+        details["probe"] = r
+        metrics.update(probe_run_s=r["run_s"], probe_config=r["config"], probe_plain_loop_s=r.get("plain_loop_s"),
+                       probe_overhead_vs_plain=r.get("overhead_vs_plain"))
 
     def extract():
         r = serving.extraction(train.images[:sz["extract"]], device, fit_images=min(1024, sz["extract"]))
@@ -220,7 +276,9 @@ def run_sections(args, device, sz, sections, result, log):
 
     section("rules", rules_)
     section("pretrain", pretrain_)
+    section("reference", reference_)
     section("finetune", finetune_)
+    section("probe", probe_)
     section("extract", extract)
     section("decode", decode)
     section("search", search)
@@ -244,15 +302,26 @@ def format_summary(result: dict) -> str:
         lines.append(f"{name:<22} {f(value):>10} {f(base):>10} {f(speedup):>8} "
                      f"{f(fraction, '.1%') if fraction is not None else '-':>6}  {note}")
 
-    for rule in ("hpca", "swta"):
+    for rule, _ in PRETRAIN:
         if m.get(f"{rule}_epoch_s") is not None:
             row(f"{rule}_epoch_s", m[f"{rule}_epoch_s"], m.get(f"{rule}_unfused_epoch_s"),
                 m.get(f"{rule}_speedup_vs_unfused"), m.get(f"{rule}_fraction_of_matmul"),
                 f"n={m[f'{rule}_n_images']}, {f(m[f'{rule}_images_per_s'])} img/s; baseline unfused loop")
+    for c in d.get("reference", {}).get("cases", []):
+        row(f"{c['rule']}_s_per_batch", c["hebbir_s_per_batch"], c["reference_s_per_batch"], c["speedup"],
+            c.get("hebbir_fraction_of_matmul"),
+            f"batch {c['batch']}, {c['batches']} batches interleaved; baseline FastHebb code; ceiling at the "
+            f"matmul rate {f(c.get('speedup_ceiling_at_matmul_rate'))}x; update diff "
+            f"{f(max(c['first_update_rel_diff_per_layer']), '.1e')}")
     if m.get("finetune_run_s") is not None:
         c = m["finetune_config"]
         row("finetune_run_s", m["finetune_run_s"], m.get("finetune_plain_loop_s"),
             None if not m.get("finetune_overhead_vs_plain") else 1 / m["finetune_overhead_vs_plain"], None,
+            f"{c['train_images']} train / {c['val_images']} val, {c['epochs']} epochs; baseline bare loop")
+    if m.get("probe_run_s") is not None:
+        c = m["probe_config"]
+        row("probe_run_s", m["probe_run_s"], m.get("probe_plain_loop_s"),
+            None if not m.get("probe_overhead_vs_plain") else 1 / m["probe_overhead_vs_plain"], None,
             f"{c['train_images']} train / {c['val_images']} val, {c['epochs']} epochs; baseline bare loop")
     if m.get("extract_img_per_s") is not None:
         row("extract_img_per_s", m["extract_img_per_s"], m.get("extract_bare_forward_img_per_s"), None,

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bench import flops
-from bench.timing import time_fn, wall_time
+from bench.timing import time_fn, time_interleaved
 from hebb.network import build_network
 
 
@@ -36,8 +36,6 @@ def extraction(images: torch.Tensor, device: torch.device, layer: int = 5, batch
     ext = FeatureExtractor(net, layer, device=device, batch_size=batch_size)
     ext.fit(images[:fit_images])
     n = len(images)
-    ext.transform(images[:batch_size])  # warm-up
-    t, vecs = wall_time(lambda: ext.transform(images), device)
     x_dev = images.to(device)
 
     @torch.inference_mode()
@@ -45,8 +43,10 @@ def extraction(images: torch.Tensor, device: torch.device, layer: int = 5, batch
         for s in range(0, n, batch_size):
             net.features(x_dev[s:s + batch_size].float().div_(255.0), layer)
 
-    bare()
-    tb = time_fn(bare, device, warmup=0, repeats=3)["median_s"]
+    vecs = ext.transform(images[:batch_size])
+    # interleaved rounds, so that a busy phase of a shared machine does not land on one of the two only
+    times = time_interleaved({"extract": lambda: ext.transform(images), "bare": bare}, device, repeats=3)
+    t, tb = times["extract"], times["bare"]
     macs = forward_macs_per_image(layer)
     return {"n_images": n, "layer": layer, "batch": batch_size, "config": ext.config(), "dim": int(vecs.shape[1]),
             "extract_s": t, "extract_img_per_s": n / t, "bare_forward_img_per_s": n / tb,

@@ -1,5 +1,7 @@
 """hebb: Hebbian learning for CNNs (fast matrix-form rules, layers, networks, pre-training, fine-tuning)."""
 
+from hebb import allocator  # noqa: F401  (tunes glibc malloc for the training steps on import)
+
 __version__ = "0.1.0"
 
 

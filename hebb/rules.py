@@ -42,22 +42,28 @@ def hpca_prefers_blocked(n: int, m: int, d: int, device_type: str = "cpu") -> bo
     return blocked < reference
 
 
-def hpca_finish(yx: torch.Tensor, yy: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
-    """HPCA update from its moments: (YᵀX - tril(YᵀY) W) / N."""
-    return (yx - torch.tril(yy) @ w) / max(n, 1)
+def hpca_finish(yx: torch.Tensor, yy: torch.Tensor, w: torch.Tensor, n: int, scale: float = 1.0) -> torch.Tensor:
+    """HPCA update from its moments: scale · (YᵀX - tril(YᵀY) W) / N, written into yx (and yy's lower
+    triangle into yy): one fused product, no temporaries of W's size."""
+    c = scale / max(n, 1)
+    return yx.addmm_(yy.tril_(), w, beta=c, alpha=-c)
 
 
 def weighted_mean_finish(qx: torch.Tensor, q_sum: torch.Tensor, r_sum: torch.Tensor,
-                         w: torch.Tensor) -> torch.Tensor:
-    """(QᵀX - diag(colsum Q) W) / colsum R per neuron, 0 for neurons whose colsum R is 0 (they got nothing)."""
-    safe = torch.where(r_sum > 0, r_sum, torch.ones_like(r_sum))
-    dw = (qx - q_sum[:, None] * w) / safe[:, None]
-    return torch.where((r_sum > 0)[:, None], dw, torch.zeros_like(dw))
+                         w: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """scale · (QᵀX - diag(colsum Q) W) / colsum R per neuron, 0 for neurons whose colsum R is 0 (they got
+    nothing), written into qx: two passes over W's size, as per-neuron factors."""
+    inv = torch.where(r_sum > 0, scale / torch.where(r_sum > 0, r_sum, torch.ones_like(r_sum)),
+                      torch.zeros_like(r_sum))
+    return qx.mul_(inv[:, None]).addcmul_(w, (q_sum * inv)[:, None], value=-1)
 
 
-def soft_competition(cos: torch.Tensor, temperature: float, dim: int = 1) -> torch.Tensor:
-    """Soft-WTA coefficients R = softmax(((1 + cos) / 2)² / T) across neurons."""
-    return torch.softmax(((1 + cos) / 2) ** 2 / temperature, dim=dim)
+def soft_competition(dots: torch.Tensor, norms: torch.Tensor, temperature: float, dim: int = 1) -> torch.Tensor:
+    """Soft-WTA coefficients R = softmax(((1 + cos) / 2)² / T) across neurons, cos = dots / norms (the
+    products with unit-norm weights over the input norms, which broadcast against dots)."""
+    # 1 + dots / norms in one pass, then two in place: each pass over a conv layer's outputs costs ms
+    scores = torch.addcdiv(dots.new_ones(()), dots, norms).square_().mul_(0.25 / temperature)
+    return torch.softmax(scores, dim=dim)
 
 
 def softhebb_signal(u: torch.Tensor, inv_temperature: float, dim: int = 1) -> torch.Tensor:
@@ -91,12 +97,13 @@ def _chunks(n: int, width: int, chunk_elements: int | None):
 
 def hpca_delta(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor | None = None, *,
                form: str = "auto", block_size: int | None = None,
-               chunk_elements: int | None = None) -> torch.Tensor:
+               chunk_elements: int | None = None, scale: float = 1.0) -> torch.Tensor:
     """Hebbian PCA: dW = (1/N) [YᵀX - tril(YᵀY) W], Y = ReLU(X Wᵀ) (or the teacher signal y, (N, M)).
 
     form: "auto" picks the cheaper of "reference" (tril(YᵀY)·W, costs M²·D) and "blocked" (running
     reconstruction over neuron blocks, costs ~2·N·M·D; wins when N is small relative to M).
     block_size: neurons per block of the blocked form (default `hpca_block_size(N, M)`).
+    scale: the update comes out multiplied by it, at no cost (a layer passes -1 to store a gradient).
     """
     _check(x, w, y)
     n, d = x.shape
@@ -106,17 +113,17 @@ def hpca_delta(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor | None = None, 
     if form not in ("reference", "blocked"):
         raise UserError(f"unknown HPCA form {form!r} (expected auto, reference or blocked)")
     if form == "blocked":
-        return _hpca_blocked(x, w, y, block_size or hpca_block_size(n, m, w.device.type), chunk_elements)
+        return _hpca_blocked(x, w, y, block_size or hpca_block_size(n, m, w.device.type), chunk_elements, scale)
     yx = torch.zeros_like(w)
     yy = w.new_zeros(m, m)
     for rows in _chunks(n, max(m, d), chunk_elements):
         yc = torch.relu(x[rows] @ w.T) if y is None else y[rows].to(w.dtype)
         yx.addmm_(yc.T, x[rows])
         yy.addmm_(yc.T, yc)
-    return hpca_finish(yx, yy, w, n)
+    return hpca_finish(yx, yy, w, n, scale)
 
 
-def _hpca_blocked(x, w, y, b, chunk_elements):
+def _hpca_blocked(x, w, y, b, chunk_elements, scale=1.0):
     # Neuron i is reconstructed by neurons 1..i. Walk the neurons in blocks of b, keeping the residual
     # E = X - Σ_{earlier blocks} Y_j W_j: block k gets Y_kᵀE - tril(Y_kᵀY_k) W_k, then E -= Y_k W_k.
     n, d = x.shape
@@ -133,9 +140,10 @@ def _hpca_blocked(x, w, y, b, chunk_elements):
             gram[k].addmm_(yk.T, yk)
             if s + b < m:
                 residual.addmm_(yk, wk, alpha=-1)
+    c = scale / max(n, 1)
     for k, s in enumerate(starts):
-        dw[s:s + b] -= torch.tril(gram[k]) @ w[s:s + b]
-    return dw / max(n, 1)
+        dw[s:s + b].addmm_(gram[k].tril_(), w[s:s + b], beta=c, alpha=-c)
+    return dw
 
 
 def swta_delta(x: torch.Tensor, w: torch.Tensor, temperature: float = 0.02, y: torch.Tensor | None = None, *,
@@ -156,7 +164,7 @@ def swta_delta(x: torch.Tensor, w: torch.Tensor, temperature: float = 0.02, y: t
     for rows in _chunks(n, max(m, d), chunk_elements):
         xc = x[rows]
         if y is None:
-            r = soft_competition((xc @ w_unit.T) / row_norms(xc)[:, None], temperature)
+            r = soft_competition(xc @ w_unit.T, row_norms(xc)[:, None], temperature)
         else:
             r = y[rows].to(w.dtype)
         q = r * r
@@ -209,7 +217,7 @@ def softhebb_delta(x: torch.Tensor, w: torch.Tensor, inv_temperature: float = 1.
         yc = softhebb_signal(u, inv_temperature) if y is None else y[rows].to(w.dtype)
         yx.addmm_(yc.T, xc)
         yu += (yc * u).sum(0)
-    return yx - yu[:, None] * w
+    return yx.addcmul_(w, yu[:, None], value=-1)
 
 
 def teacher_signal(labels: torch.Tensor, num_neurons: int, num_classes: int,

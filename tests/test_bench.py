@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -79,3 +80,42 @@ def test_full_quick_run():
     for key in REQUIRED_METRICS:
         assert m[key] is not None and m[key] > 0
     assert m["rules_fast_equal_reference"] is True
+
+
+def test_reference_section_is_skipped_cleanly_without_the_reference_code(monkeypatch):
+    monkeypatch.delenv("HEBBIR_FASTHEBB_REF", raising=False)
+    result = _run_bench("--sections", "limits,reference,search")
+    assert "skipped" in result["details"]["reference"]
+    assert "errors" not in result["details"]
+
+
+def test_wide3_work_counts_the_padded_convolutions():
+    shapes = flops.layer_shapes("wide3")
+    # reflect padding keeps the 32x32 map through the 5x5 conv; overlapping 4x4 pools of stride 2 halve it
+    assert [(s.in_channels, s.in_side, s.conv_side, s.out_side) for s in shapes] == [
+        (3, 36, 32, 16), (96, 18, 16, 8), (384, 10, 8, 4)]
+    w = flops.layer_work(shapes[2], batch=10)
+    assert w["softhebb_macs"] == 10 * 64 * 1536 * 3456 + 10 * 64 * 1536
+
+
+@pytest.mark.skipif(not os.environ.get("HEBBIR_FASTHEBB_REF"),
+                    reason="the FastHebb reference code is not here (set HEBBIR_FASTHEBB_REF to a clone)")
+def test_reference_code_computes_the_same_updates_as_hebbir():
+    import torch
+
+    from bench import reference
+
+    images = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8)
+    for rule in reference.RULES:
+        r = reference.compare(rule, images, reference.locate(), batches=1)
+        assert max(r["first_update_rel_diff_per_layer"]) < 1e-4, rule
+        assert r["hebbir_s_per_batch"] > 0 and r["reference_s_per_batch"] > 0
+
+
+def test_scaling_width_curve_counts_work_that_grows_with_the_neurons(one_thread):
+    from bench import scaling
+
+    points = scaling.width_curve("swta", 5, (256, 512), repeats=1)
+    assert [p["neurons"] for p in points] == [256, 512]
+    assert 1.99 < points[1]["macs"] / points[0]["macs"] < 2.0  # fully connected: ~linear in M (+ N·D patch norms)
+    assert all(p["step_s"] > 0 and p["gflops"] > 0 for p in points)

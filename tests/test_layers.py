@@ -164,3 +164,15 @@ def test_fully_connected_forward_is_the_convolution_with_its_gradients(rule):
     assert y.shape == (5, 40, 1, 1) and torch.allclose(y, expected, atol=1e-5)
     hx, hw = torch.autograd.grad(y.square().sum(), [x, layer.weight])
     assert torch.allclose(hx, gx, atol=1e-5) and torch.allclose(hw, gw, atol=1e-5)
+
+
+@pytest.mark.parametrize("rule", FAST)
+def test_fully_connected_forward_keeps_the_autocast_dtype(rule):
+    # under autocast the matrix product runs in bfloat16; dividing by the kernel norms must not promote it
+    layer = HebbConv2d(16, 40, 3, rule=rule)
+    x = torch.randn(5, 16, 3, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+        conv = F.relu(F.conv2d(x, layer.effective_weight()))
+    assert y.dtype == conv.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), conv.float(), rtol=2e-2, atol=2e-2)
