@@ -9,7 +9,8 @@ N = B·H'·W' patch rows of D = C·k·k inputs and M neurons:
                       `hebb.rules.hpca_prefers_blocked` says so (small N, large M: layer 5), the blocked
                       running-sum form 2·N·M·D + N·M·b + M·b·D with neuron blocks of b
     swta              N·M·D (QᵀX) + N·D (patch norms)
-    wta               N·M·D (QᵀX with the dense one-hot Q that hebb.layers uses)
+    wta               N·M·D (QᵀX with the dense one-hot Q that hebb.layers uses on conv layers); on a fully
+                      connected layer N·D (the rows each neuron won, summed: `hebb.rules.add_winner_moments`)
     softhebb          N·M·D (ỸᵀX) + N·M (Σ Ỹ·U)
 
 Other architectures (wide3: padded convolutions, overlapping pools) are counted the same way, per layer.
@@ -93,7 +94,7 @@ def layer_work(shape: LayerShape, batch: int = BATCH, device_type: str = "cpu") 
         "hpca_fast_macs": hpca_fast,
         "hpca_fast_form": hpca_form,
         "swta_macs": n * m * d + n * d,
-        "wta_macs": n * m * d,
+        "wta_macs": n * d if shape.conv_side == 1 else n * m * d,
         "softhebb_macs": n * m * d + n * m,
         "min_bytes": FLOAT_BYTES * (in_floats + out_floats + 2 * m * d),
         "unfold_bytes": 0 if shape.conv_side == 1 else FLOAT_BYTES * 2 * n * d,

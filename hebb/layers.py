@@ -213,6 +213,12 @@ class HebbConv2d(nn.Module):
 
     def _competitive(self, x, pre, signal, w, soft, scale):
         m = w.shape[0]
+        if signal is None and not soft and self._covers_map(x):
+            # fully connected WTA: sum the rows each neuron won rather than a dense one-hot product
+            w2 = w.reshape(m, -1)
+            qx, counts = torch.zeros_like(w2), w2.new_zeros(m)
+            rules.add_winner_moments(x.flatten(1), pre.flatten(1).argmax(dim=1), qx, counts)
+            return rules.weighted_mean_finish(qx, counts, counts, w2, scale)
         if signal is not None:
             r = signal
         elif soft:

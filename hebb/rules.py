@@ -74,6 +74,13 @@ def softhebb_signal(u: torch.Tensor, inv_temperature: float, dim: int = 1) -> to
     return torch.where(winner, y, -y)
 
 
+def add_winner_moments(x: torch.Tensor, winners: torch.Tensor, qx: torch.Tensor, counts: torch.Tensor) -> None:
+    """Add to qx (M, D) the rows of x (N, D) each neuron won and to counts (M,) how many, for winner indices
+    (N,): QᵀX and colsum Q of the one-hot Q by N·D additions instead of a dense N·M·D product."""
+    qx.index_add_(0, winners, x)
+    counts += torch.bincount(winners, minlength=counts.shape[0]).to(counts.dtype)
+
+
 def row_norms(x: torch.Tensor) -> torch.Tensor:
     """L2 norm of each row, with 0 replaced by 1 (a zero vector has cosine 0 with everything)."""
     nrm = x.norm(dim=1)
@@ -190,12 +197,11 @@ def wta_delta(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor | None = None, *
         xc = x[rows]
         if y is None:
             # argmax of cosine = argmax of x·w/‖w‖, since ‖x‖ is the same for every neuron
-            winners = (xc @ w_unit.T).argmax(dim=1, keepdim=True)
-            yc = torch.zeros(xc.shape[0], m, dtype=w.dtype, device=w.device).scatter_(1, winners, 1.0)
+            add_winner_moments(xc, (xc @ w_unit.T).argmax(dim=1), qx, counts)
         else:
             yc = y[rows].to(w.dtype)
-        qx.addmm_(yc.T, xc)
-        counts += yc.sum(0)
+            qx.addmm_(yc.T, xc)
+            counts += yc.sum(0)
     return weighted_mean_finish(qx, counts, counts, w)
 
 

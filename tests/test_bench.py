@@ -43,6 +43,7 @@ def test_fully_connected_layer_hpca_reference_is_the_39_gmac_of_the_design():
     assert 4096 * 4096 * 2304 == 38_654_705_664
     assert w["hpca_reference_macs"] == 64 * 4096 * 2304 + 64 * 4096 ** 2 + 4096 ** 2 * 2304
     assert w["hpca_fast_macs"] < w["hpca_reference_macs"] / 10  # the blocked form on this shape
+    assert w["wta_macs"] == 64 * 2304  # WTA sums the rows each neuron won: N·D additions
     total = flops.network_work()["totals"]["hpca_reference_step_tflop_per_epoch"]
     assert 55 < total < 65  # docs/PERFORMANCE.md#8-reference-points: about 60 TFLOP per epoch
 
