@@ -218,6 +218,8 @@ class HebbConv2d(nn.Module):
             w2 = w.reshape(m, -1)
             qx, counts = torch.zeros_like(w2), w2.new_zeros(m)
             rules.add_winner_moments(x.flatten(1), pre.flatten(1).argmax(dim=1), qx, counts)
+            if self.reduce_sums is not None:
+                self.reduce_sums([qx, counts])
             return rules.weighted_mean_finish(qx, counts, counts, w2, scale)
         if signal is not None:
             r = signal
