@@ -114,10 +114,12 @@ class HebbConv2d(nn.Module):
         pre = self._preactivation(x)
         if self.training and self.hebbian_learning:
             # the optimizer applies W -= lr·grad: the update is computed already negated (free, in its last
-            # product) and scaled in place, so no extra pass over W's size is made
-            grad = self._delta(x.detach(), pre.detach(), self.teacher, scale=-1.0)
+            # product, or in SoftHebb's per-kernel factors), so no extra pass over W's size is made
             if self.rule == "softhebb":
-                grad.mul_(self._softhebb_factors(grad))
+                grad = self._delta(x.detach(), pre.detach(), self.teacher)
+                grad.mul_(self._softhebb_factors(grad).neg_())
+            else:
+                grad = self._delta(x.detach(), pre.detach(), self.teacher, scale=-1.0)
             if self.weight.grad is None:
                 self.weight.grad = grad
             else:
@@ -147,7 +149,7 @@ class HebbConv2d(nn.Module):
     @torch.no_grad()
     def _delta(self, x: torch.Tensor, pre: torch.Tensor, teacher: torch.Tensor | None,
                scale: float = 1.0) -> torch.Tensor:
-        """scale · dW for input x and its pre-activation."""
+        """scale · dW for input x and its pre-activation (scale applies to the classic rules' finishes)."""
         # The update is accumulated in the weight's dtype (float32), also under autocast.
         with torch.autocast(x.device.type, enabled=False):
             w = self.weight.detach()
@@ -156,7 +158,7 @@ class HebbConv2d(nn.Module):
             if self.rule == "hpca":
                 dw = self._hpca(x, pre, signal, w, scale)
             elif self.rule == "softhebb":
-                dw = self._softhebb(x, pre, signal, w, scale)
+                dw = self._softhebb(x, pre, signal, w)
             else:
                 dw = self._competitive(x, pre, signal, w, self.rule == "swta", scale)
         return dw.reshape_as(w)
@@ -199,16 +201,13 @@ class HebbConv2d(nn.Module):
         self.reduce_sums([total, count])
         return total / count.clamp_min(1)
 
-    def _softhebb(self, x, pre, signal, w, scale):
+    def _softhebb(self, x, pre, signal, w):
         y = rules.softhebb_signal(pre, self.inv_temperature) if signal is None else signal
         yx = self._moments(x, y, w.shape)
         yu = (y * pre).sum(dim=(0, 2, 3))
-        if scale != 1.0:
-            yx.mul_(scale)
-            yu.mul_(scale)
         dw = yx.addcmul_(w.reshape(w.shape[0], -1), yu[:, None], value=-1)
         if self.reduce_sums is not None:
-            self.reduce_sums([dw])  # the raw update (times the common scale), before max-normalisation and rate
+            self.reduce_sums([dw])  # the raw update, before the layer's max-normalisation and rate
         return dw
 
     def _competitive(self, x, pre, signal, w, soft, scale):

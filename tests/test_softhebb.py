@@ -121,3 +121,15 @@ def test_one_epoch_drives_kernel_norms_toward_one_and_beats_random_kernels(small
     learned_acc = probe(learned, train, val, **budget)[1]["val_acc"]
     assert random_acc > 0.2  # the probe itself works
     assert learned_acc > random_acc + 0.02, (learned_acc, random_acc)  # measured: 0.396 against 0.354
+
+
+def test_training_forward_stores_minus_the_step_in_grad():
+    torch.manual_seed(0)
+    layer = HebbConv2d(3, 8, 3, rule="softhebb", eta=0.5)
+    x = torch.randn(4, 3, 8, 8)
+    expected = layer.softhebb_step(layer.hebbian_delta(x))
+    layer.train()
+    layer.hebbian_learning = True
+    with torch.no_grad():
+        layer(x)
+    assert torch.allclose(layer.weight.grad, -expected, atol=1e-7)
