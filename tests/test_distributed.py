@@ -184,6 +184,13 @@ def _torchrun() -> list[str]:
     return [found, "--standalone", "--nproc-per-node", "2", hebbir]
 
 
+def _failure(stderr: str) -> str:
+    """What a failed torchrun said: the ranks' own error lines (torchrun's summary hides them) and the tail."""
+    lines = [line for line in stderr.splitlines()
+             if any(word in line for word in ("Error", "error:", "abort", "terminate", "Exception", "Killed"))]
+    return "\n".join(lines[:40]) + "\n...\n" + stderr[-1500:]
+
+
 def test_torchrun_pretrain_and_probe_commands(cifar_data_dir, tmp_path, capsys, one_thread):
     from hebb.checkpoint import load_checkpoint
 
@@ -194,7 +201,7 @@ def test_torchrun_pretrain_and_probe_commands(cifar_data_dir, tmp_path, capsys, 
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
     two = subprocess.run([*launch, *pretrain_args, "--distributed", "--out", str(tmp_path / "two.pt")], env=env,
                          capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, _failure(two.stderr)
     assert two.stdout.count("pretrained hpca") == 1  # rank 0 alone speaks
     assert main([*pretrain_args, "--out", str(tmp_path / "one.pt")]) == 0
     capsys.readouterr()
@@ -207,7 +214,7 @@ def test_torchrun_pretrain_and_probe_commands(cifar_data_dir, tmp_path, capsys, 
                   "--regime", "2", "--limit", "40", "--epochs", "2", *common, "--distributed"]
     run = subprocess.run([*launch, *probe_args, "--out", str(tmp_path / "probe.pt")], env=env,
                          capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.returncode == 0, _failure(run.stderr)
     assert run.stdout.count("trained a linear probe on hpca layer 2") == 1
     _, meta = load_checkpoint(tmp_path / "probe.pt")
     assert meta["training"]["processes"] == 2 and 0 <= meta["metrics"]["val_acc"] <= 1
