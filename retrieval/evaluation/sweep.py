@@ -196,15 +196,18 @@ def write_results(out: Path, data: dict) -> None:
     write_json_atomic(out / RESULTS_FILE, data, indent=1)
 
 
+def settings_diff(theirs: dict, ours: dict) -> str:
+    """'key: X there, Y now' for every setting on which two sweep folders differ."""
+    return ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} now" for k in ours if theirs.get(k) != ours.get(k))
+
+
 def _open_results(config: SweepConfig) -> dict:
     data = load_results(config.out)
     if data is None:
         return {"format": RESULTS_FORMAT, "version": RESULTS_VERSION, "settings": config.settings(),
                 "created": utc_now(), "sessions": [], "pretraining": {}, "runs": {}}
     if data.get("settings") != config.settings():
-        theirs, ours = data.get("settings", {}), config.settings()
-        diff = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} now" for k in ours
-                         if theirs.get(k) != ours.get(k))
+        diff = settings_diff(data.get("settings", {}), config.settings())
         raise UserError(f"{config.out} holds results made with other settings ({diff}); "
                         f"use another --out or the same settings")
     return data
@@ -487,8 +490,7 @@ def merge_results(out: Path, source: Path) -> tuple[int, int]:
         if ours is None:
             raise UserError(f"{out} holds no {RESULTS_FILE}: copy {source} there instead")
         if theirs.get("settings") != ours.get("settings"):
-            diff = ", ".join(f"{k}: {theirs['settings'].get(k)!r} there, {v!r} here"
-                             for k, v in ours.get("settings", {}).items() if theirs.get("settings", {}).get(k) != v)
+            diff = settings_diff(theirs.get("settings", {}), ours.get("settings", {}))
             raise UserError(f"{source} was run with other settings than {out} ({diff}); its cells cannot join")
         new = {k: v for k, v in theirs["runs"].items() if k not in ours["runs"]}
         needed = {f"{r['method']}/s{r.get('pretrain_seed', r['seed'])}" for r in new.values()}
