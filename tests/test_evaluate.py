@@ -314,3 +314,29 @@ def test_a_sweep_folder_takes_one_writer_at_a_time(tmp_path):
         with pytest.raises(UserError, match="is being written"):
             ev.run_sweep(ev.SweepConfig(out=tmp_path / "a", methods=("sgd",)))
     assert ev.merge_results(tmp_path / "a", tmp_path / "b") == (0, 0)   # free again once the holder is done
+
+
+def test_test_accuracy_of_a_trainable_net_keeps_no_autograd_graph():
+    """A fine-tuned net's test pass must not record a graph: kept for every batch, wide3's would need ~40 GB
+    for the 10,000 test images (the sgd@wide3 cells were killed for memory this way)."""
+    import torch
+
+    from hebb.data import ArraySet
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3 * 4 * 4, 10)
+            self.grad_enabled = []
+
+        def forward(self, x):
+            self.grad_enabled.append(torch.is_grad_enabled())
+            return self.linear(x.flatten(1))
+
+    images = torch.randint(0, 256, (30, 3, 4, 4), dtype=torch.uint8)
+    labels = torch.arange(30) % 10
+    net = Recorder()
+    test = ArraySet(images, labels, [f"{i}.jpg" for i in range(30)], [str(c) for c in range(10)])
+    acc = ev.score_accuracy(net, test, torch.device("cpu"), batch_size=8)
+    assert net.grad_enabled == [False] * 4
+    assert 0.0 <= acc["top1"] <= acc["top5"] <= 1.0

@@ -95,12 +95,12 @@ def topk_accuracy(logits, labels, ks=(1, 5)) -> dict[int, float]:
         raise UserError(f"logits must be (N, classes) with N = {labels.shape[0]}, got {tuple(logits.shape)}")
     if logits.shape[0] == 0:
         return {int(k): 0.0 for k in ks}
-    out = {}
+    from hebb.finetune import topk_correct  # the one top-k count, shared with training
+
     for k in ks:
-        kk = min(_check_k(k), logits.shape[1])
-        top = logits.topk(kk, dim=1).indices
-        out[int(k)] = float((top == labels.to(top.device)).any(dim=1).float().mean())
-    return out
+        _check_k(k)
+    correct = topk_correct(logits, labels.reshape(-1), topk=tuple(int(k) for k in ks))
+    return {int(k): correct[f"top{int(k)}"].item() / logits.shape[0] for k in ks}
 
 
 # ----------------------------------------------------------------------------------------- whole database

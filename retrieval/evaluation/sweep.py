@@ -300,15 +300,11 @@ def probe_run(features: "LayerFeatures", labelled_idx: np.ndarray, data: dict, c
 
 
 def score_accuracy(net, test, device: torch.device, batch_size: int = 500) -> dict:
-    """{'top1', 'top5'} fractions of the test split classified correctly by `net` (in eval mode)."""
-    from hebb.data import to_float
-    from retrieval.evaluation.metrics import topk_accuracy
+    """{'top1', 'top5'} fractions of the test split classified correctly by `net` (in eval mode, no autograd:
+    a fine-tuned net's graph of 10,000 wide3 images would need some 40 GB)."""
+    from hebb.finetune import accuracy
 
-    net = net.to(device).eval()
-    logits = [net(to_float(test.images[s:s + batch_size], device)).float().cpu()
-              for s in range(0, len(test), batch_size)]
-    acc = topk_accuracy(torch.cat(logits), test.labels, ks=(1, 5))
-    return {"top1": acc[1], "top5": acc[5]}
+    return accuracy(net.to(device), test.images, test.labels, device, topk=(1, 5), batch_size=batch_size)
 
 
 def _jsonable(obj):
