@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
+import torch
 
 import retrieval.evaluation.sweep as ev
 from hebb.errors import UserError
@@ -340,3 +342,63 @@ def test_test_accuracy_of_a_trainable_net_keeps_no_autograd_graph():
     acc = ev.score_accuracy(net, test, torch.device("cpu"), batch_size=8)
     assert net.grad_enabled == [False] * 4
     assert 0.0 <= acc["top1"] <= acc["top5"] <= 1.0
+
+
+def test_transfer_protocol_learns_from_half_the_classes_and_retrieves_among_the_others(
+        cifar_data_dir, shared_splits, tmp_path, monkeypatch):
+    seen_by_training = []
+    real_pretrain = ev.pretrain_method
+
+    def pretrain(method, train, *args, **kwargs):
+        seen_by_training.append(set(train.classes))
+        return real_pretrain(method, train, *args, **kwargs)
+
+    ranked = []
+    import retrieval.evaluation.metrics as metrics
+
+    def rank(queries, db, query_labels, db_labels, **kwargs):
+        ranked.append((len(queries), len(db), set(np.asarray(query_labels).tolist())))
+        return real(queries, db, query_labels, db_labels, **kwargs)
+
+    real = metrics.rank_database
+    monkeypatch.setattr(metrics, "rank_database", rank)
+    monkeypatch.setattr(ev, "pretrain_method", pretrain)
+    out = tmp_path / "transfer"
+    assert main(["evaluate", "--methods", "hpca,random", "--readouts", "probe", "--regimes", "10", "--seeds", "1",
+                 "--pretrain-epochs", "1", "--probe-epochs", "3", "--limit", "400", "--protocol", "transfer",
+                 "--device", "cpu", "--data-dir", str(cifar_data_dir), "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["settings"]["protocol"] == "transfer"
+    classes = shared_splits["train"].classes
+    seen, unseen = set(classes[:5]), set(classes[5:])
+    assert seen_by_training == [seen, seen]                 # hpca and random: built from seen-class images only
+    limited = ev.load_data(ev.SweepConfig(out=tmp_path / "seed", methods=("random",), limit=400,
+                                          data_dir=cifar_data_dir))        # the same 400-image samples, all classes
+    n_queries, n_db = (int((limited[s].labels >= 5).sum()) for s in ("test", "train"))
+    assert ranked == [(n_queries, n_db, set(range(5)))] * 2  # unseen-class test images against their training images
+    for record in data["runs"].values():
+        assert set(record["classes"]["seen"]) == seen and set(record["classes"]["unseen"]) == unseen
+        assert record["labelled"] < 0.1 * 400                # 10% of the seen classes' images only
+    summary = (out / "summary.md").read_text()
+    assert "Retrieval among unseen classes" in summary and "vs random" in summary
+    assert "(paper)" not in summary
+    assert (out / "transfer_map.png").is_file()
+    # a seed-protocol sweep cannot write into this folder: the tables would mix protocols
+    assert main(["evaluate", "--methods", "random", "--readouts", "probe", "--regimes", "10", "--seeds", "1",
+                 "--pretrain-epochs", "1", "--probe-epochs", "3", "--limit", "400", "--device", "cpu",
+                 "--data-dir", str(cifar_data_dir), "--out", str(out)]) != 0
+
+
+def test_transfer_splits_relabel_each_half_from_zero(shared_splits):
+    sets = ev.transfer_splits(shared_splits)
+    classes = shared_splits["train"].classes
+    for name in ("train", "val", "test"):
+        assert sets[name].classes == classes[:5] and set(sets[name].labels.tolist()) == set(range(5))
+    for name, source in (("db", "train"), ("queries", "test")):
+        assert sets[name].classes == classes[5:] and set(sets[name].labels.tolist()) == set(range(5))
+        # relabelled, not reordered: image i of the subset keeps its own class name
+        original = shared_splits[source]
+        keep = np.flatnonzero(original.labels.numpy() >= 5)
+        assert torch.equal(sets[name].images, original.images[torch.from_numpy(keep)])
+        assert [sets[name].classes[c] for c in sets[name].labels[:20]] == \
+            [classes[c] for c in original.labels[torch.from_numpy(keep[:20])]]

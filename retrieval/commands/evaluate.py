@@ -10,6 +10,7 @@ from hebb.recipes import arch_for
 from hebb.recipes import methods as _recipe_methods
 from hebb.runtime import resolve_device
 from retrieval.commands.common import add_options, positive_int
+from retrieval.evaluation.sweep import PROTOCOLS
 
 METHODS = _recipe_methods()
 
@@ -75,6 +76,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "in the report (seeds then vary the labelled subset and the read-out only)")
     add_options(p, "limit", "pooling", "projection", "dim", limit={
         "help": "use at most N images of each split (a fixed random sample): quick, not comparable runs"})
+    p.add_argument("--protocol", choices=PROTOCOLS, default="seed",
+                   help="seed: database = training split, queries = test split (default); transfer: pre-training "
+                        "and read-out on the first half of the classes only, retrieval among the other half "
+                        "(classes the network never saw; regimes are %% of the seen classes' training images)")
     p.add_argument("--out", type=Path, required=True, help="report folder (results.json, summary.md, plots)")
     p.add_argument("--report-only", action="store_true", help="only regenerate summary.md and plots from results.json")
     p.add_argument("--merge-from", type=Path, default=None, metavar="DIR",
@@ -95,8 +100,8 @@ def command_line(args: argparse.Namespace) -> str:
 
     parts = ["hebbir evaluate"]
     for name in ("dataset", "methods", "readouts", "regimes", "layers", "seeds", "pretrain_epochs", "finetune_epochs",
-                 "probe_epochs", "batch_size", "share_pretraining", "limit", "pooling", "projection", "dim", "device",
-                 "data_dir", "out"):
+                 "probe_epochs", "batch_size", "share_pretraining", "limit", "pooling", "projection", "dim", "protocol",
+                 "device", "data_dir", "out"):
         value = getattr(args, name)
         if isinstance(value, bool):
             parts += [f"--{name.replace('_', '-')}"] if value else []
@@ -125,7 +130,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                              finetune_epochs=args.finetune_epochs, probe_epochs=args.probe_epochs,
                              batch_size=args.batch_size, share_pretraining=args.share_pretraining,
                              limit=args.limit, pooling=args.pooling,
-                             projection=args.projection, dim=args.dim, device=str(resolve_device(args.device)),
+                             projection=args.projection, dim=args.dim, protocol=args.protocol,
+                             device=str(resolve_device(args.device)),
                              data_dir=args.data_dir, command=command_line(args))
         if args.status:
             status = sweep_status(config)

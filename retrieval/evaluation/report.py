@@ -261,6 +261,10 @@ def write_summary(out: Path, results: dict, pr_regime: float | None = None) -> P
     runs = list(results["runs"].values())
     if not runs:
         raise UserError(f"{out}: results.json holds no finished runs yet")
+    if results["settings"].get("protocol") == "transfer":
+        from retrieval.evaluation.transfer_report import write_transfer_summary
+
+        return write_transfer_summary(out, results)
     groups = group_runs(runs)
     chosen = chosen_layers(groups)
     methods = _ordered_methods(runs)

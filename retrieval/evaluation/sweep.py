@@ -10,6 +10,11 @@ network out on the regime's labelled subset and measures test accuracy and retri
   (method, seed, layer) and shared by the regimes, which train only a linear head on them. Retrieval reads
   the frozen trunk, so it is the same for every regime of that (method, seed, layer) and measured once.
 
+Protocol "transfer" (`--protocol transfer`) asks whether the features serve images unlike those they learned
+from: pre-training and read-out see only the first half of the classes (their training-split images, their
+labels, their validation and test images for the accuracy); retrieval runs among the other half (database =
+their training-split images, queries = their test images), classes the network never saw.
+
 Every finished cell is written at once to `OUT/results.json` (atomic replace), keyed by
 method/[probe/]regime/layer/seed with the code version it ran with; a rerun skips what is there, so an
 interrupted sweep continues where it stopped, and a sweep can be widened in the same folder. Settings that
@@ -56,6 +61,9 @@ RESULTS_VERSION = 1
 LIMIT_SEED = 12345
 #: The input side of every image the sweep loads: architectures with another input size are not swept.
 SWEEP_INPUT_SIZE = 32
+#: Retrieval protocols: "seed" (database = training split, queries = test split, every class) and "transfer"
+#: (network and read-out from the first half of the classes, retrieval among the other half).
+PROTOCOLS = ("seed", "transfer")
 
 
 def method_arch(method: str) -> str:
@@ -93,6 +101,7 @@ class SweepConfig:
     pooling: str = "auto"                  # feature reduction, as FeatureExtractor takes it
     projection: str = "auto"
     dim: int | None = None
+    protocol: str = "seed"
     command: str = field(default_factory=lambda: " ".join(shlex.quote(a) for a in sys.argv))
 
     def __post_init__(self):
@@ -121,15 +130,19 @@ class SweepConfig:
                 raise UserError(f"layer must be 1..{depth} (the deepest network of these methods), got {layer}")
         if self.limit is not None and self.limit < 20:
             raise UserError(f"--limit must be at least 20 images, got {self.limit}")
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"unknown protocol '{self.protocol}' (choose from {', '.join(PROTOCOLS)})")
 
     def settings(self) -> dict:
         out = {"dataset": self.dataset, "pretrain_epochs": self.pretrain_epochs,
                "finetune_epochs": self.finetune_epochs, "limit": self.limit, "split_seed": self.split_seed,
-               "batch_size": self.batch_size, "protocol": "seed",
+               "batch_size": self.batch_size, "protocol": self.protocol,
                "features": {"pooling": self.pooling, "projection": self.projection, "dim": self.dim}}
         out["probe_epochs"] = self.probe_epochs  # a setting even when this call runs no probe: folders mix calls
         if self.share_pretraining:
             out["pretraining"] = "shared by the label seeds"
+        if self.protocol == "transfer":
+            out["classes"] = "first half seen (pre-training, read-out, accuracy), second half unseen (retrieval)"
         return out
 
     def pretrain_seed(self, seed: int) -> int:
@@ -223,11 +236,35 @@ def _limit_split(split, limit: int | None, salt: int):
     return split.subset(np.sort(rng.permutation(len(split))[:limit]))
 
 
+def class_subset(split, keep: list[int]):
+    """The images of `split` whose class is in `keep`, relabelled 0..len(keep)-1 in that order."""
+    from dataclasses import replace
+
+    labels = split.labels.numpy()
+    sub = split.subset(np.flatnonzero(np.isin(labels, keep)))
+    relabel = torch.full((len(split.classes),), -1, dtype=torch.long)
+    relabel[torch.as_tensor(keep)] = torch.arange(len(keep))
+    return replace(sub, labels=relabel[sub.labels], classes=[split.classes[c] for c in keep])
+
+
+def transfer_splits(splits: dict) -> dict:
+    """The "transfer" protocol's sets: train / val / test of the first half of the classes (what the network
+    and its read-out learn from, and the accuracy), db / queries from the other half (retrieval)."""
+    n = len(splits["train"].classes)
+    if n < 4:
+        raise UserError(f"the transfer protocol needs at least 4 classes (2 seen, 2 unseen), this data set has {n}")
+    seen, unseen = list(range(n // 2)), list(range(n // 2, n))
+    out = {name: class_subset(splits[name], seen) for name in ("train", "val", "test")}
+    out.update(db=class_subset(splits["train"], unseen), queries=class_subset(splits["test"], unseen))
+    return out
+
+
 _DATA_CACHE: dict[tuple, dict] = {}
 
 
 def load_data(config: SweepConfig) -> dict:
-    """{'train','val','test'} ArraySets, each cut to `config.limit` images by a fixed seeded sample.
+    """{'train','val','test','db','queries'} ArraySets, each cut to `config.limit` images by a fixed seeded
+    sample. Protocol "seed": db is train, queries is test; "transfer": see `transfer_splits`.
 
     The last data set loaded is kept in memory, so that consecutive sweeps in one process load it once.
     """
@@ -240,7 +277,10 @@ def load_data(config: SweepConfig) -> dict:
         _DATA_CACHE.clear()
         _DATA_CACHE[key] = {name: _limit_split(s, config.limit, i)
                             for i, (name, s) in enumerate(sorted(splits.items()))}
-    return _DATA_CACHE[key]
+    data = _DATA_CACHE[key]
+    if config.protocol == "transfer":
+        return transfer_splits(data)
+    return dict(data, db=data["train"], queries=data["test"])
 
 
 # ------------------------------------------------------------------------------------------ training adapter
@@ -325,7 +365,8 @@ def _jsonable(obj):
 
 
 def retrieval_scores(net, layer: int, train, test, device: torch.device, config: SweepConfig) -> dict:
-    """mAP@100, mAP@R, mAP@all, P@k and PR curves with the 'seed' protocol, plus feature timings."""
+    """mAP@100, mAP@R, mAP@all, P@k and PR curves of the queries `test` against the database `train` (the
+    protocol's db and queries sets), plus feature timings."""
     from retrieval.features import FeatureExtractor
     from retrieval.evaluation.metrics import rank_database
 
@@ -377,7 +418,7 @@ def evaluate_run(pretrained, method: str, regime: float, layer: int, seed: int, 
     net, ft_stats = finetune_run(net, labelled, val, layer, config, seed, device)
     net = net.to(device).eval()
     acc = score_accuracy(net, test, device)
-    retrieval = retrieval_scores(net, layer, train, test, device, config)
+    retrieval = retrieval_scores(net, layer, data["db"], data["queries"], device, config)
     return _record(method, "finetune", regime, layer, seed, len(labelled), acc, ft_stats, retrieval,
                    {"finetune_s": ft_stats.get("time_s"), "finetune_epochs": ft_stats.get("epochs"),
                     "features_s": retrieval.pop("features_s"), "ranking_s": retrieval.pop("ranking_s")},
@@ -403,8 +444,8 @@ def _record(method, readout, regime, layer, seed, labelled, acc, stats, retrieva
 
 @dataclass
 class LayerFeatures:
-    """The flattened features of one layer of one frozen network for every split, and the frozen trunk's
-    retrieval scores (they do not depend on the labels)."""
+    """The flattened features of one layer of one frozen network for the read-out's splits, and the frozen
+    trunk's retrieval scores (they do not depend on the labels)."""
 
     key: tuple
     train: torch.Tensor
@@ -416,22 +457,27 @@ class LayerFeatures:
 
 def layer_features(key: tuple, net, layer: int, data: dict, config: SweepConfig,
                    device: torch.device) -> LayerFeatures:
-    """Features of `layer` of the frozen `net` for train / val / test, computed once, and their retrieval."""
+    """Features of `layer` of the frozen `net` for train / val / test, computed once, and the retrieval of
+    the protocol's queries against its database (the train and test features themselves for "seed")."""
     from hebb.finetune import extract_features
     from retrieval.features import FeatureExtractor
     from retrieval.evaluation.metrics import rank_database
 
     start = time.perf_counter()
     net = copy.deepcopy(net).to(device).eval()
+    names = ("train", "val", "test") + tuple(n for n, same in (("db", "train"), ("queries", "test"))
+                                              if data[n] is not data[same])
     feats = {name: extract_features(net, data[name].images, layer, device, batch_size=250, progress=True).cpu()
-             for name in ("train", "val", "test")}
+             for name in names}
+    feats.setdefault("db", feats["train"])
+    feats.setdefault("queries", feats["test"])
     features_s = time.perf_counter() - start
     start = time.perf_counter()
     ext = FeatureExtractor(net, layer, pooling=config.pooling, projection=config.projection, dim=config.dim,
                            device=device)
-    ext.fit_activations(feats["train"])
-    db, queries = ext.transform_activations(feats["train"]), ext.transform_activations(feats["test"])
-    ranking = rank_database(queries, db, data["test"].labels.numpy(), data["train"].labels.numpy(), device=device)
+    ext.fit_activations(feats["db"])
+    db, queries = ext.transform_activations(feats.pop("db")), ext.transform_activations(feats.pop("queries"))
+    ranking = rank_database(queries, db, data["queries"].labels.numpy(), data["db"].labels.numpy(), device=device)
     retrieval = ranking.summary()
     retrieval.update(features=ext.config(), database=len(db), ranking_s=time.perf_counter() - start,
                      frozen_trunk=True)
@@ -540,6 +586,8 @@ def _run_sweep(config: SweepConfig, progress: bool) -> dict:
         else:
             record = evaluate_run(pretrained, method, regime, layer, seed, data, config, device, pre_stats)
         record["pretrain_seed"] = pseed
+        if config.protocol == "transfer":
+            record["classes"] = {"seen": list(data["train"].classes), "unseen": list(data["db"].classes)}
         results["runs"][_key(cell)] = record
         write_results(config.out, results)
         bar.update(1)
