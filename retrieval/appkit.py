@@ -192,12 +192,13 @@ class Report:
     name: str
     summary: str
     plots: tuple[Path, ...]
-    kind: str = "partial"  # "main" (the report of record), "smoke" or "partial"
+    kind: str = "partial"  # "main" (the report of record), "transfer", "smoke" or "partial"
 
     @property
     def title(self) -> str:
         """The report's name with what it is: the main report, a smoke run or a partial report."""
         return {"main": f"{self.name} (main report)", "smoke": f"{self.name} (smoke run: reduced sizes)",
+                "transfer": f"{self.name} (transfer: retrieval among classes the network never saw)",
                 "partial": f"{self.name} (partial: one regime or method subset)"}[self.kind]
 
 
@@ -210,8 +211,8 @@ _HEADING = re.compile(r"^(#{1,4}) ", re.MULTILINE)
 
 
 def list_reports(root: Path) -> list[Report]:
-    """Every `root/*/summary.md` with the PNG plots beside it: the main report (`MAIN_REPORT`) first, then the
-    others newest first, each labelled main, smoke or partial.
+    """Every `root/*/summary.md` with the PNG plots beside it: the main report (`MAIN_REPORT`) first, then
+    transfer reports, then the others newest first, each labelled main, transfer, smoke or partial.
 
     Markdown image links to local files are dropped from the summary (the page shows the plots itself), and
     headings go two levels down, to sit under the page's own.
@@ -225,8 +226,10 @@ def list_reports(root: Path) -> list[Report]:
         except OSError:
             continue
         plots = tuple(sorted(summary.parent.glob("*.png")))
-        text = _HEADING.sub(r"##\1 ", _LOCAL_IMAGE.sub("", text))
         name = summary.parent.name
-        kind = "main" if name == MAIN_REPORT else "smoke" if "smoke" in name else "partial"
-        found.append((kind != "main", -summary.stat().st_mtime, Report(name, text, plots, kind)))
+        kind = ("main" if name == MAIN_REPORT else "smoke" if "smoke" in name
+                else "transfer" if text.startswith("# Transfer evaluation") else "partial")
+        text = _HEADING.sub(r"##\1 ", _LOCAL_IMAGE.sub("", text))
+        rank = ("main", "transfer").index(kind) if kind in ("main", "transfer") else 2
+        found.append((rank, -summary.stat().st_mtime, Report(name, text, plots, kind)))
     return [report for *_, report in sorted(found, key=lambda item: item[:2])]

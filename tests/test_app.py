@@ -280,14 +280,15 @@ def test_evaluation_tab_opens_on_the_main_report_and_labels_the_others(tmp_path)
 
     from retrieval import appkit
 
-    for name, age in (("cifar10", 300), ("cifar10-cpu-smoke", 100), ("cifar10-cpu-1pct", 0)):
+    for name, age in (("cifar10", 300), ("cifar10-cpu-smoke", 100), ("cifar10-cpu-1pct", 0), ("unseen", 400)):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "summary.md").write_text(f"# {name}\n")
+        title = "Transfer evaluation: cifar10" if name == "unseen" else name
+        (tmp_path / name / "summary.md").write_text(f"# {title}\n")
         os.utime(tmp_path / name / "summary.md", (1e9 - age, 1e9 - age))
     reports = appkit.list_reports(tmp_path)
-    assert [r.name for r in reports] == ["cifar10", "cifar10-cpu-1pct", "cifar10-cpu-smoke"]
-    assert [r.kind for r in reports] == ["main", "partial", "smoke"]
-    assert "main report" in reports[0].title and "smoke run" in reports[2].title
+    assert [r.name for r in reports] == ["cifar10", "unseen", "cifar10-cpu-1pct", "cifar10-cpu-smoke"]
+    assert [r.kind for r in reports] == ["main", "transfer", "partial", "smoke"]
+    assert "main report" in reports[0].title and "never saw" in reports[1].title and "smoke run" in reports[3].title
 
 
 def test_duplicates_tab_groups_identical_and_similar_images(page):
