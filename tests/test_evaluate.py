@@ -402,3 +402,45 @@ def test_transfer_splits_relabel_each_half_from_zero(shared_splits):
         assert torch.equal(sets[name].images, original.images[torch.from_numpy(keep)])
         assert [sets[name].classes[c] for c in sets[name].labels[:20]] == \
             [classes[c] for c in original.labels[torch.from_numpy(keep[:20])]]
+
+
+def test_pretraining_curves_probe_the_validation_split_after_every_epoch(cifar_data_dir, shared_splits, tmp_path,
+                                                                         monkeypatch, capsys):
+    import hebb.finetune as finetune
+    from retrieval.evaluation.curves import load_curves, needed_epochs
+
+    probed = []
+    real = finetune.fit_linear_head
+    monkeypatch.setattr(finetune, "fit_linear_head",
+                        lambda feats, labels, val_feats, *a, **k: probed.append((len(feats), len(val_feats)))
+                        or real(feats, labels, val_feats, *a, **k))
+    out = tmp_path / "curves"
+    args = ["evaluate", "--curves", "--methods", "hpca", "--pretrain-epochs", "2", "--regimes", "10",
+            "--probe-epochs", "2", "--limit", "300", "--device", "cpu", "--data-dir", str(cifar_data_dir),
+            "--out", str(out)]
+    assert main(args) == 0
+    curve = load_curves(out)["curves"]["hpca"]
+    assert [p["epoch"] for p in curve["points"]] == [1, 2]
+    assert all(0.0 <= p["val_accuracy"] <= 1.0 and p["epoch_s"] > 0 for p in curve["points"])
+    assert probed == [(curve["labelled"], 300)] * 2        # the 10% labels, scored on the validation split
+    assert needed_epochs(curve["points"]) in (1, 2)
+    assert (out / "pretraining_curves.png").is_file()
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished curve was measured again")
+
+    monkeypatch.setattr("hebb.recipes.pretrained_network", no_training)
+    assert main(args) == 0                                  # finished: skipped
+    with pytest.raises(AssertionError, match="measured again"):
+        main(args[:5] + ["3"] + args[6:])                   # a longer curve is measured again, from epoch 1
+    capsys.readouterr()
+    assert main(args[:7] + ["5"] + args[8:]) == 2           # another regime cannot join these curves
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_needed_epochs_is_the_first_within_half_a_point_of_the_best():
+    from retrieval.evaluation.curves import needed_epochs
+
+    points = [{"epoch": e, "val_accuracy": a} for e, a in ((1, 0.50), (2, 0.597), (3, 0.60), (4, 0.59))]
+    assert needed_epochs(points) == 2
+    assert needed_epochs([]) is None

@@ -13,6 +13,7 @@ from retrieval.commands.common import add_options, positive_int
 from retrieval.evaluation.sweep import PROTOCOLS
 
 METHODS = _recipe_methods()
+_DEFAULT_REGIMES = (1, 5, 10, 100)
 
 
 def _csv(kind):
@@ -47,17 +48,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                     f"test split). Each method runs on its own network ({_networks()}; METHOD@ARCH for another). "
                     "Finished cells go to OUT/results.json at once, with the code version; rerunning skips "
                     "them, so an interrupted sweep continues. OUT/summary.md and plots are written at the end. "
-                    "--status says what is done and left, with an estimate of the time left.",
+                    "--status says what is done and left, with an estimate of the time left. --curves measures how many "
+                    "pre-training epochs each method needs; --protocol transfer asks whether the features serve "
+                    "classes the network never saw.",
         epilog="examples: hebbir evaluate --methods hpca,sgd --regimes 1,10,100 --seeds 3 --out reports/cifar10\n"
                "          hebbir evaluate --methods softhebb,random --readouts probe --out reports/cifar10\n"
-               "          hebbir evaluate --methods softhebb,random --readouts probe --out reports/cifar10 --status",
+               "          hebbir evaluate --methods softhebb,random --readouts probe --out reports/cifar10 --status\n"
+               "          hebbir evaluate --methods hpca,swta --pretrain-epochs 5 --curves --out reports/cifar10\n"
+               "          hebbir evaluate --methods softhebb,random@wide3 --readouts probe --regimes 10 "
+               "--protocol transfer --out reports/cifar10-transfer",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, "dataset")
     p.add_argument("--methods", type=_csv(str), default=("hpca", "swta", "vae", "sgd"),
                    help="comma-separated, from " + ", ".join(METHODS) + " (default: hpca,swta,vae,sgd)")
     p.add_argument("--readouts", type=_csv(str), default=("finetune",),
                    help="comma-separated, from finetune, probe, probe-std (default: finetune); sgd trains end to end only")
-    p.add_argument("--regimes", type=_csv(float), default=(1, 5, 10, 100),
+    p.add_argument("--regimes", type=_csv(float), default=_DEFAULT_REGIMES,
                    help="label regimes in %% of the training split (default: 1,5,10,100)")
     p.add_argument("--layers", type=_layers, default="best",
                    help="'best' (each network's top layer, the whole trunk as in the papers' Table 2) or a list "
@@ -85,6 +91,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--merge-from", type=Path, default=None, metavar="DIR",
                    help="copy the finished cells of another sweep folder with the same settings (a piece run "
                         "elsewhere) into --out, then rewrite the report; runs nothing")
+    p.add_argument("--curves", action="store_true",
+                   help="measure pre-training curves instead of cells: after each of --pretrain-epochs (default 3) "
+                        "unsupervised epochs, the probe's validation accuracy on the top layer, trained on the labels "
+                        "of the one --regimes value (default 10), seed 0; written to OUT/curves.json and "
+                        "OUT/pretraining_curves.png, and shown in the report")
     p.add_argument("--status", action="store_true",
                    help="print what of this sweep is done and left (and the estimated time left), run nothing")
     p.add_argument("--pr-regime", type=float, default=None,
@@ -110,6 +121,35 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+def _curves(args: argparse.Namespace) -> int:
+    from retrieval.evaluation.curves import CURVES_FILE, CurveConfig, run_curves, write_curves_plot
+    from retrieval.evaluation.report import write_report
+
+    regimes = (10.0,) if args.regimes is _DEFAULT_REGIMES else args.regimes
+    if len(regimes) != 1:
+        raise UserError(f"--curves reads one label regime (the probe's labels), got {len(regimes)}")
+    config = CurveConfig(out=args.out, methods=tuple(m.lower() for m in args.methods), epochs=args.pretrain_epochs or 3,
+                         regime=regimes[0], probe_epochs=args.probe_epochs, batch_size=args.batch_size,
+                         dataset=args.dataset, data_dir=args.data_dir, limit=args.limit,
+                         device=str(resolve_device(args.device)))
+    config.command = " ".join(
+        ["hebbir evaluate --curves", f"--dataset {args.dataset}", f"--methods {','.join(config.methods)}",
+         f"--pretrain-epochs {config.epochs}", f"--regimes {config.regime:g}"]
+        + [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("probe_epochs", "batch_size", "limit")
+           if getattr(args, name) is not None]
+        + [f"--device {config.device}"] + ([f"--data-dir {args.data_dir}"] if args.data_dir else [])
+        + [f"--out {args.out}"])
+    curves = run_curves(config)
+    print(f"{len(curves['curves'])} curve(s) in {args.out / CURVES_FILE}")
+    try:
+        print(f"plot: {write_curves_plot(args.out)}")
+    except ImportError:
+        print("matplotlib is not installed here: no plot")
+    if (args.out / "results.json").is_file():
+        print(f"report: {write_report(args.out, pr_regime=args.pr_regime)}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from retrieval.evaluation.sweep import SweepConfig, run_sweep, sweep_status
     from retrieval.evaluation.report import write_report
@@ -120,6 +160,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         added, present = merge_results(args.out, args.merge_from)
         print(f"merged {added} cells from {args.merge_from} into {args.out}"
               + (f" ({present} already there, kept as they were)" if present else ""))
+    elif args.curves:
+        return _curves(args)
     elif not args.report_only:
         layers = None if args.layers == "best" else args.layers
         if layers == ():

@@ -272,6 +272,9 @@ def write_summary(out: Path, results: dict, pr_regime: float | None = None) -> P
     seeds = sorted({int(r["seed"]) for r in runs})
     try:
         plots = write_plots(out, groups, chosen, methods, regimes, results, pr_regime)
+        from retrieval.evaluation.curves import write_curves_plot
+
+        write_curves_plot(out)  # shown in its own section
     except ImportError:  # a training machine without matplotlib: tables now, plots with --report-only later
         plots = []
 
@@ -309,6 +312,9 @@ def write_summary(out: Path, results: dict, pr_regime: float | None = None) -> P
                   "(an older default) are left out of the mAP figures, not averaged in: " + "; ".join(mixed) + ".",
                   ""]
     lines += ["## Layer by layer", "", _layer_section(groups, methods, regimes), ""]
+    from retrieval.evaluation.curves import curves_section
+
+    lines += curves_section(out)
     lines += ["## Training time", "",
               "Ours: unsupervised pre-training (mean over seeds; 0 epochs for methods without that stage; the "
               "total includes fitting the input normalisation / ZCA) and fine-tuning, on the device(s) above. Paper: its Table 1 (FastHebb implementations for HPCA and "

@@ -500,11 +500,12 @@ CODE_VERSION = code_version()
 
 
 @contextlib.contextmanager
-def folder_lock(out: Path):
-    """Hold the sweep folder for this process: a second sweep (or merge) into it would overwrite its cells."""
+def folder_lock(out: Path, name: str = ".lock"):
+    """Hold the sweep folder for this process: a second sweep (or merge) into it would overwrite its cells.
+    `name`: the lock file (another one lets another kind of writer, e.g. the pre-training curves, share the folder)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a+") as handle:
+    with open(out / name, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
