@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                "          hebbir evaluate --methods softhebb,random --readouts probe --out reports/cifar10\n"
                "          hebbir evaluate --methods softhebb,random --readouts probe --out reports/cifar10 --status\n"
                "          hebbir evaluate --methods hpca,swta --pretrain-epochs 5 --curves --out reports/cifar10\n"
-               "          hebbir evaluate --methods softhebb,random@wide3 --readouts probe --regimes 10 "
+               f"          hebbir evaluate --methods softhebb,random@{arch_for('softhebb')} --readouts probe --regimes 10 "
                "--protocol transfer --out reports/cifar10-transfer",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(p, "dataset")

@@ -341,7 +341,7 @@ def probe_run(features: "LayerFeatures", labelled_idx: np.ndarray, data: dict, c
 
 def score_accuracy(net, test, device: torch.device, batch_size: int = 500) -> dict:
     """{'top1', 'top5'} fractions of the test split classified correctly by `net` (in eval mode, no autograd:
-    a fine-tuned net's graph of 10,000 wide3 images would need some 40 GB)."""
+    a fine-tuned net's graph of 10,000 images of the wide SoftHebb net would need some 40 GB)."""
     from hebb.finetune import accuracy
 
     return accuracy(net.to(device), test.images, test.labels, device, topk=(1, 5), batch_size=batch_size)
