@@ -121,9 +121,21 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def _curves(args: argparse.Namespace) -> int:
-    from retrieval.evaluation.curves import CURVES_FILE, CurveConfig, run_curves, write_curves_plot
+def _write_report(out: Path, pr_regime: float | None) -> Path:
+    """The folder's report: the transfer report for a "transfer" sweep, else the main one."""
     from retrieval.evaluation.report import write_report
+    from retrieval.evaluation.sweep import load_results
+    from retrieval.evaluation.transfer_report import write_transfer_summary
+
+    results = load_results(out)
+    if results and results["runs"] and results["settings"].get("protocol") == "transfer":
+        return write_transfer_summary(out, results)
+    return write_report(out, pr_regime=pr_regime)
+
+
+def _curves(args: argparse.Namespace) -> int:
+    from retrieval.evaluation.curves import CURVES_FILE, CurveConfig, run_curves
+    from retrieval.evaluation.report import write_curves_plot
 
     regimes = (10.0,) if args.regimes is _DEFAULT_REGIMES else args.regimes
     if len(regimes) != 1:
@@ -146,13 +158,12 @@ def _curves(args: argparse.Namespace) -> int:
     except ImportError:
         print("matplotlib is not installed here: no plot")
     if (args.out / "results.json").is_file():
-        print(f"report: {write_report(args.out, pr_regime=args.pr_regime)}")
+        print(f"report: {_write_report(args.out, args.pr_regime)}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from retrieval.evaluation.sweep import SweepConfig, run_sweep, sweep_status
-    from retrieval.evaluation.report import write_report
 
     if args.merge_from is not None:
         from retrieval.evaluation.sweep import merge_results
@@ -188,6 +199,6 @@ def _evaluate(args: argparse.Namespace) -> int:
             return 0
         results = run_sweep(config)
         print(f"{len(results['runs'])} runs in {args.out / 'results.json'}")
-    path = write_report(args.out, pr_regime=args.pr_regime)
+    path = _write_report(args.out, args.pr_regime)
     print(f"report: {path}")
     return 0

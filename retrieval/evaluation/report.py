@@ -261,10 +261,6 @@ def write_summary(out: Path, results: dict, pr_regime: float | None = None) -> P
     runs = list(results["runs"].values())
     if not runs:
         raise UserError(f"{out}: results.json holds no finished runs yet")
-    if results["settings"].get("protocol") == "transfer":
-        from retrieval.evaluation.transfer_report import write_transfer_summary
-
-        return write_transfer_summary(out, results)
     groups = group_runs(runs)
     chosen = chosen_layers(groups)
     methods = _ordered_methods(runs)
@@ -272,8 +268,6 @@ def write_summary(out: Path, results: dict, pr_regime: float | None = None) -> P
     seeds = sorted({int(r["seed"]) for r in runs})
     try:
         plots = write_plots(out, groups, chosen, methods, regimes, results, pr_regime)
-        from retrieval.evaluation.curves import write_curves_plot
-
         write_curves_plot(out)  # shown in its own section
     except ImportError:  # a training machine without matplotlib: tables now, plots with --report-only later
         plots = []
@@ -312,8 +306,6 @@ def write_summary(out: Path, results: dict, pr_regime: float | None = None) -> P
                   "(an older default) are left out of the mAP figures, not averaged in: " + "; ".join(mixed) + ".",
                   ""]
     lines += ["## Layer by layer", "", _layer_section(groups, methods, regimes), ""]
-    from retrieval.evaluation.curves import curves_section
-
     lines += curves_section(out)
     lines += ["## Training time", "",
               "Ours: unsupervised pre-training (mean over seeds; 0 epochs for methods without that stage; the "
@@ -454,3 +446,59 @@ def write_report(out: Path, pr_regime: float | None = None) -> Path:
     if results is None:
         raise UserError(f"{out}: no results.json (run `hebbir evaluate ... --out {out}` first)")
     return write_summary(Path(out), results, pr_regime)
+
+
+# ------------------------------------------------------------------------------------------ pre-training curves
+
+
+def curves_section(out: Path) -> list[str]:
+    """Markdown lines for the report: each curve's accuracy per epoch and the epochs it needs (none: no file)."""
+    from retrieval.evaluation.curves import CURVES_FILE, CURVES_PLOT, load_curves, needed_epochs
+
+    curves = load_curves(out)
+    if not curves or not curves["curves"]:
+        return []
+    s = curves["settings"]
+    most = max(len(c["points"]) for c in curves["curves"].values())
+    rows = []
+    for method, c in curves["curves"].items():
+        accs = {p["epoch"]: p["val_accuracy"] for p in c["points"]}
+        need = needed_epochs(c["points"])
+        rows.append([method_name(method), str(c["layer"])] +
+                    [f"{accs[e] * 100:.2f}" if e in accs else "–" for e in range(1, most + 1)] +
+                    [f"{need} of {len(c['points'])}" + ("" if len(c["points"]) >= c["epochs"] else " (unfinished)")])
+    header = ["method", "layer"] + [f"epoch {e}" for e in range(1, most + 1)] + ["epochs needed"]
+    lines = ["## Pre-training curves", "",
+             f"Probe accuracy (%) on the validation split after each unsupervised epoch: the top layer's frozen "
+             f"features, the probe head trained on the {s['regime']:g}% regime's labels (seed {s['seed']}), best "
+             f"head epoch on the validation split. \"Epochs needed\": the first epoch within 0.5 points of the "
+             f"curve's best. From `{CURVES_FILE}`; commands: "
+             + "; ".join(f"`{x['command']}`" for x in curves.get("sessions", []) if x.get("command")) + ".", "",
+             _md_table(header, rows), ""]
+    if (Path(out) / CURVES_PLOT).is_file():
+        lines += [f"![pre-training curves]({CURVES_PLOT})", ""]
+    return lines
+
+
+def write_curves_plot(out: Path) -> Path | None:
+    """OUT/pretraining_curves.png from curves.json (None when there are no curves)."""
+    from retrieval.evaluation.curves import CURVES_PLOT, load_curves
+
+    curves = load_curves(out)
+    if not curves or not curves["curves"]:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for method, c in curves["curves"].items():
+        pts = [p for p in c["points"] if p.get("val_accuracy") is not None]
+        ax.plot([p["epoch"] for p in pts], [100 * p["val_accuracy"] for p in pts], "o-", label=method_name(method))
+    ax.set_xlabel("unsupervised pre-training epochs")
+    ax.set_ylabel("probe accuracy on the validation split (%)")
+    ax.set_title(f"Pre-training curves (probe on {curves['settings']['regime']:g}% of the labels)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=8)
+    return _save(fig, Path(out) / CURVES_PLOT)
