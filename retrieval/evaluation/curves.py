@@ -10,7 +10,6 @@ mid-curve starts that method's curve again (the finished curves are kept and ski
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from hebb.errors import UserError
 from hebb.runtime import device_description, utc_now, write_json_atomic
 from retrieval.evaluation.sweep import (CODE_VERSION, PRETRAINED_METHODS, SweepConfig, canonical_method,
-                                        folder_lock, load_data, method_depth, settings_diff)
+                                        folder_lock, load_data, load_json_file, method_depth, settings_diff)
 
 CURVES_FILE = "curves.json"
 CURVES_PLOT = "pretraining_curves.png"
@@ -68,16 +67,7 @@ class CurveConfig:
 
 def load_curves(out: Path) -> dict | None:
     """The curves.json of a folder, or None."""
-    path = Path(out) / CURVES_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc}); move it away to start afresh") from None
-    if data.get("format") != CURVES_FORMAT:
-        raise UserError(f"{path}: not a hebbir pre-training curves file")
-    return data
+    return load_json_file(Path(out) / CURVES_FILE, CURVES_FORMAT, "pre-training curves")
 
 
 def curve_point(net, epoch: int, stats: dict, data: dict, idx: torch.Tensor, layer: int, config: CurveConfig,

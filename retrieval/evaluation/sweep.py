@@ -171,18 +171,25 @@ def run_key(method: str, regime: float, layer: int, seed: int, readout: str = "f
 # ------------------------------------------------------------------------------------------ results file
 
 
-def load_results(out: Path) -> dict | None:
-    """The results.json of a sweep folder, or None when there is none."""
-    path = Path(out) / RESULTS_FILE
+def load_json_file(path: Path, file_format: str, what: str) -> dict | None:
+    """The JSON file at `path` whose "format" is `file_format`, or None when there is none; a clear error for
+    a broken file or another kind of file (`what` names the expected kind)."""
+    path = Path(path)
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: not valid JSON ({exc}); move it away to start afresh") from None
-    if data.get("format") != RESULTS_FORMAT:
-        raise UserError(f"{path}: not a hebbir evaluation results file")
-    return _current_names(data)
+    if data.get("format") != file_format:
+        raise UserError(f"{path}: not a hebbir {what} file")
+    return data
+
+
+def load_results(out: Path) -> dict | None:
+    """The results.json of a sweep folder, or None when there is none."""
+    data = load_json_file(Path(out) / RESULTS_FILE, RESULTS_FORMAT, "evaluation results")
+    return None if data is None else _current_names(data)
 
 
 def _current_names(data: dict) -> dict:
