@@ -224,6 +224,41 @@ def test_report_tables_hold_mean_and_interval_per_chosen_layer(tmp_path, monkeyp
     assert "matplotlib is not installed" in summary
 
 
+def test_what_this_shows_is_written_from_the_numbers(tmp_path, monkeypatch):
+    """The section sets each Hebbian row against random features of its own net and against SGD, and calls a
+    difference only where the 95% intervals part."""
+    runs = {}
+    for seed in range(3):
+        for method, readout, layer, top1, map100 in [("softhebb", "probe", 3, 0.60 + 0.01 * seed, 0.26),
+                                                      ("random@wide3", "probe", 3, 0.50 + 0.01 * seed, 0.13),
+                                                      ("swta", "probe", 5, 0.40 + 0.01 * seed, 0.05),
+                                                      ("random", "probe", 5, 0.45 + 0.01 * seed, 0.12),
+                                                      ("sgd", "finetune", 5, 0.35 + 0.10 * seed, 0.14)]:
+            rec = _record(method, 1.0, layer, seed, top1, map100 + 0.001 * seed, val=top1)
+            rec["readout"] = readout
+            runs[f"{method}/{readout}/r1/l{layer}/s{seed}"] = rec
+    ev.write_results(tmp_path, {"format": ev.RESULTS_FORMAT, "version": 1, "settings": {"dataset": "cifar10"},
+                                "created": "2026-01-01T00:00:00+00:00", "sessions": [], "pretraining": {},
+                                "runs": runs})
+    monkeypatch.setattr("retrieval.evaluation.report.write_plots", lambda *a, **k: [])
+    shows = write_report(tmp_path).read_text().split("## What this shows")[1].split("\n## ")[0]
+    assert ("| 1% | SoftHebb (probe): 61.0 / 0.261 | SGD (scratch): 45.0 / 0.141 (Hebbian +16.0 points) | "
+            "random frozen, wide3 (probe): 51.0 / 0.131 (Hebbian +10.0 points) |") in shows
+    assert "- SoftHebb (probe) vs random frozen, wide3 (probe): above at 1% (+10.0 points)." in shows
+    assert "- soft-WTA (probe) vs random frozen (probe): below at 1% (-5.0 points)." in shows
+    assert "above the best SGD-from-scratch row at 1 of the 1 regimes" in shows
+    assert "VAE" in shows and "augmentation" in shows and "SGD from scratch;" not in shows
+
+
+def test_findings_call_a_difference_only_when_the_intervals_part():
+    from retrieval.evaluation.findings import compare
+
+    assert compare((0.6, 0.01), (0.5, 0.01)) == "above"
+    assert compare((0.6, 0.08), (0.5, 0.05)) == "level"
+    assert compare((0.4, 0.01), (0.5, 0.01)) == "below"
+    assert compare((0.6, math.nan), (0.5, 0.01)) == "above*"     # one seed: the call says so
+
+
 def test_settings_do_not_depend_on_the_grid(tmp_path):
     """Calls that sweep other methods or read-outs into the same folder must find the same settings."""
     probes = ev.SweepConfig(out=tmp_path, methods=("softhebb",), readouts=("probe",), share_pretraining=True)

@@ -17,6 +17,7 @@ import numpy as np
 
 from hebb.errors import UserError
 from hebb.runtime import utc_now
+from retrieval.evaluation.findings import findings_section
 from retrieval.evaluation.sweep import load_results
 from retrieval.evaluation.paper_numbers import (PAPER_ACCURACY, PAPER_SOURCE, PAPER_TRAINING_TIME,
                                      method_name, paper_accuracy)
@@ -306,6 +307,8 @@ def write_summary(out: Path, results: dict, pr_regime: float | None = None) -> P
                   "(an older default) are left out of the mAP figures, not averaged in: " + "; ".join(mixed) + ".",
                   ""]
     lines += ["## Layer by layer", "", _layer_section(groups, methods, regimes), ""]
+    lines += findings_section(metric_table(groups, chosen, "accuracy"), metric_table(groups, chosen, "map@100"),
+                              methods, regimes)
     lines += curves_section(out)
     lines += ["## Training time", "",
               "Ours: unsupervised pre-training (mean over seeds; 0 epochs for methods without that stage; the "

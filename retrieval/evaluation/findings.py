@@ -1,0 +1,142 @@
+"""The report's "what this shows" section, written from its own tables, so that it stays true as cells arrive.
+
+For every label regime it sets the best Hebbian row against the best SGD-from-scratch row and against random
+frozen features of the same network (the floor any learned feature must clear), in test accuracy and mAP@100,
+and says for each Hebbian row where it is above that floor and where below. A difference counts only when
+the two confidence intervals do not overlap; with one seed (no interval) the sentence says it is one seed.
+Missing baselines are named, never guessed.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hebb.network import HEBBIAN_RULES
+from retrieval.evaluation.paper_numbers import method_name
+from retrieval.evaluation.sweep import method_arch
+
+#: The baselines a Hebbian result is judged against, by rule; the section names those the report lacks.
+BASELINES = {"sgd": "SGD from scratch", "vae": "VAE", "random": "random frozen features"}
+#: A baseline the sweep has no method for yet, so it is always named as missing.
+NOT_SWEPT = "SGD from scratch with augmentation (flips and crops)"
+
+Table = dict[str, dict[float, tuple[float, float]]]
+
+
+def _rule(row: str) -> str:
+    return row.split(" ")[0].partition("@")[0]
+
+
+def _arch(row: str) -> str:
+    return method_arch(row.split(" ")[0])
+
+
+def _best(table: Table, rows: list[str], regime: float) -> str | None:
+    scored = [(table[r][regime][0], r) for r in rows if not math.isnan(table.get(r, {}).get(regime, (math.nan,))[0])]
+    return max(scored)[1] if scored else None
+
+
+def compare(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """'above', 'below' or 'level' (overlapping 95% intervals) for a against b; 'above*'/'below*' when either
+    side has one seed (no interval), so the call rests on one run."""
+    (ma, ha), (mb, hb) = a, b
+    if math.isnan(ha) or math.isnan(hb):
+        return "above*" if ma > mb else "below*"
+    if ma - ha > mb + hb:
+        return "above"
+    if ma + ha < mb - hb:
+        return "below"
+    return "level"
+
+
+def _fmt(value: float, scale: float, digits: int) -> str:
+    return f"{value * scale:.{digits}f}"
+
+
+def _regime_table(acc: Table, maps: Table, methods: list[str], regimes: list[float]) -> list[str]:
+    hebbian = [m for m in methods if _rule(m) in HEBBIAN_RULES]
+    sgd = [m for m in methods if _rule(m) == "sgd"]
+    rows = ["| regime | best Hebbian: acc % / mAP@100 | best SGD from scratch | random frozen, same net |",
+            "|---|---|---|---|"]
+    for regime in regimes:
+        h = _best(acc, hebbian, regime)
+        if h is None:
+            continue
+        cells = [f"{regime:g}%", f"{method_name(h)}: {_fmt(acc[h][regime][0], 100, 1)} / "
+                 f"{_fmt(maps.get(h, {}).get(regime, (math.nan,))[0], 1, 3)}"]
+        for other in (_best(acc, sgd, regime), _random_row(methods, h)):
+            if other is None or regime not in acc.get(other, {}):
+                cells.append("not measured")
+                continue
+            d_acc = (acc[h][regime][0] - acc[other][regime][0]) * 100
+            cells.append(f"{method_name(other)}: {_fmt(acc[other][regime][0], 100, 1)} / "
+                         f"{_fmt(maps.get(other, {}).get(regime, (math.nan,))[0], 1, 3)} "
+                         f"(Hebbian {d_acc:+.1f} points)")
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows if len(rows) > 2 else []
+
+
+def _random_row(methods: list[str], row: str) -> str | None:
+    """The random frozen row (probe) on the network of `row`, if the report has one."""
+    arch = _arch(row)
+    for m in methods:
+        if _rule(m) == "random" and _arch(m) == arch:
+            return m
+    return None
+
+
+def _verdicts(table: Table, methods: list[str], metric: str) -> list[str]:
+    """One sentence per Hebbian row: the regimes where it is above / level with / below random frozen features
+    of its own network in `metric`."""
+    scale, unit = (100, " points") if metric == "accuracy" else (1, "")
+    out = []
+    for row in (m for m in methods if _rule(m) in HEBBIAN_RULES):
+        floor = _random_row(methods, row)
+        if floor is None:
+            out.append(f"- {method_name(row)}: no random frozen row of its network to compare with.")
+            continue
+        shared = [r for r in sorted(table[row]) if r in table.get(floor, {})]
+        if not shared:
+            continue
+        by: dict[str, list[str]] = {}
+        for r in shared:
+            call = compare(table[row][r], table[floor][r])
+            diff = (table[row][r][0] - table[floor][r][0]) * scale
+            by.setdefault(call.rstrip("*"), []).append(
+                f"{r:g}% ({diff:+.{1 if scale == 100 else 3}f}{unit}{', one seed' if call.endswith('*') else ''})")
+        parts = [f"{word} at {', '.join(v)}" for word, v in by.items()]
+        out.append(f"- {method_name(row)} vs {method_name(floor)}: " + "; ".join(parts) + ".")
+    return out
+
+
+def _headline(acc: Table, methods: list[str], regimes: list[float]) -> str:
+    """How often the best Hebbian row beats the best SGD-from-scratch row, over the regimes that have both."""
+    hebbian = [m for m in methods if _rule(m) in HEBBIAN_RULES]
+    sgd = [m for m in methods if _rule(m) == "sgd"]
+    pairs = [(r, _best(acc, hebbian, r), _best(acc, sgd, r)) for r in regimes]
+    pairs = [(r, h, s) for r, h, s in pairs if h and s]
+    if not pairs:
+        return "No regime has both a Hebbian and an SGD-from-scratch cell yet: no claim either way."
+    wins = [f"{r:g}%" for r, h, s in pairs if acc[h][r][0] > acc[s][r][0]]
+    return (f"In test accuracy the best Hebbian row is above the best SGD-from-scratch row at {len(wins)} of the "
+            f"{len(pairs)} regimes that have both ({', '.join(f'{r:g}%' for r, _, _ in pairs)}); an SGD row "
+            "without a network name is the 6-layer net.")
+
+
+def findings_section(acc: Table, maps: Table, methods: list[str], regimes: list[float]) -> list[str]:
+    """The markdown lines of "## What this shows" (empty when the report has no Hebbian row)."""
+    if not any(_rule(m) in HEBBIAN_RULES for m in methods):
+        return []
+    lines = ["## What this shows", "",
+             "Written from the tables above (best layer of each row); 'above' / 'below' means the 95% intervals "
+             "do not overlap, 'level' that they do; 'one seed' marks a call that rests on a single run.", ""]
+    lines += _regime_table(acc, maps, methods, regimes) + [""]
+    lines += [_headline(acc, methods, regimes), ""]
+    lines += ["Each Hebbian row against random frozen features of its own network, test accuracy:", ""]
+    lines += _verdicts(acc, methods, "accuracy") + [""]
+    lines += ["The same in retrieval (mAP@100):", ""]
+    lines += _verdicts(maps, methods, "map@100") + [""]
+    present = {_rule(m) for m in methods}
+    missing = [name for rule, name in BASELINES.items() if rule not in present] + [NOT_SWEPT]
+    lines += ["Not in this report, so nothing above is claimed against them: " + "; ".join(missing) + ".", ""]
+    return lines
