@@ -250,6 +250,17 @@ def test_what_this_shows_is_written_from_the_numbers(tmp_path, monkeypatch):
     assert "VAE" in shows and "augmentation" in shows and "SGD from scratch;" not in shows
 
 
+def test_each_hebbian_row_is_judged_against_its_own_net_and_read_out_without_pre_training():
+    from retrieval.evaluation.findings import floor_row
+
+    rows = ["hpca", "hpca probe", "softhebb probe-std", "sgd", "sgd@wide3", "random probe", "random@wide3 probe"]
+    assert floor_row(rows, "hpca") == "sgd"                       # fine-tuned: SGD from random weights
+    assert floor_row(rows, "hpca probe") == "random probe"
+    assert floor_row(rows, "softhebb probe-std") == "random@wide3 probe"   # no random probe-std row: the probe
+    assert floor_row(rows, "softhebb") == "sgd@wide3"
+    assert floor_row(["swta", "sgd@wide3"], "swta") is None       # another network is no floor
+
+
 def test_findings_call_a_difference_only_when_the_intervals_part():
     from retrieval.evaluation.findings import compare
 
