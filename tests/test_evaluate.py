@@ -77,7 +77,7 @@ class _Counting:
         net.fit_input(train.images)
         return net, {"epochs": 2, "epoch_time_s": 0.5, "time_s": 1.0}
 
-    def finetune(self, net, labelled, val, layer, config, seed, device):
+    def finetune(self, net, labelled, val, layer, config, seed, device, augment=False):
         self.finetunes += 1
         if self.fail_on_finetune == self.finetunes:
             raise KeyboardInterrupt  # the sweep is interrupted in the middle
@@ -268,6 +268,29 @@ def test_findings_call_a_difference_only_when_the_intervals_part():
     assert compare((0.6, 0.08), (0.5, 0.05)) == "level"
     assert compare((0.4, 0.01), (0.5, 0.01)) == "below"
     assert compare((0.6, math.nan), (0.5, 0.01)) == "above*"     # one seed: the call says so
+
+
+def test_augmented_fine_tuning_is_its_own_read_out(cifar_data_dir, shared_splits, tmp_path, monkeypatch):
+    """finetune-aug (for sgd: the SGD-with-augmentation baseline) trains on augmented batches, the plain
+    read-out does not, and the two land in different cells and report rows."""
+    import hebb.recipes
+
+    seen = []
+
+    def fake_read_out(net, readout, labelled, val, layer, **options):
+        seen.append((readout, options.get("augment")))
+        return net, {"val_acc": 0.1, "epochs": 1, "time_s": 0.5}
+
+    monkeypatch.setattr(hebb.recipes, "read_out", fake_read_out)
+    config = ev.SweepConfig(out=tmp_path, methods=("sgd",), readouts=("finetune", "finetune-aug"), regimes=(10,),
+                            layers=(2,), seeds=(0,), limit=120, data_dir=cifar_data_dir, command="test",
+                            pooling="avg", projection="none")
+    results = ev.run_sweep(config, progress=False)
+    assert seen == [("finetune", False), ("finetune", True)]
+    assert sorted(results["runs"]) == ["sgd/finetune-aug/r10/l2/s0", "sgd/r10/l2/s0"]
+    assert results["runs"]["sgd/finetune-aug/r10/l2/s0"]["readout"] == "finetune-aug"
+    monkeypatch.setattr("retrieval.evaluation.report.write_plots", lambda *a, **k: [])
+    assert "| SGD (scratch) (fine-tuned with flips and shifts) |" in write_report(tmp_path).read_text()
 
 
 def test_settings_do_not_depend_on_the_grid(tmp_path):

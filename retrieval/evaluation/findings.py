@@ -5,7 +5,7 @@ network and read-out without pre-training (random frozen features for a probe, S
 fine-tuning: the floor any pre-training must clear), in test accuracy and mAP@100, and says for each Hebbian
 row where it is above that floor and where below. A difference counts only when
 the two confidence intervals do not overlap; with one seed (no interval) the sentence says it is one seed.
-Missing baselines are named, never guessed.
+Missing baselines (VAE, SGD with augmentation, ...) are named, never guessed.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from hebb.network import HEBBIAN_RULES
 from retrieval.evaluation.paper_numbers import method_name
 from retrieval.evaluation.sweep import method_arch
 
-#: The baselines a Hebbian result is judged against, by rule; the section names those the report lacks.
-BASELINES = {"sgd": "SGD from scratch", "vae": "VAE", "random": "random frozen features"}
-#: A baseline the sweep has no method for yet, so it is always named as missing.
-NOT_SWEPT = "SGD from scratch with augmentation (flips and crops)"
+#: The baselines a Hebbian result is judged against, as (rule, read-out or None for any): the section names
+#: those the report lacks.
+BASELINES = {("sgd", None): "SGD from scratch", ("sgd", "finetune-aug"): "SGD from scratch with augmentation",
+             ("vae", None): "VAE", ("random", None): "random frozen features"}
 
 Table = dict[str, dict[float, tuple[float, float]]]
 
@@ -85,8 +85,8 @@ def floor_row(methods: list[str], row: str) -> str | None:
     """The row with the same network and read-out but no Hebbian pre-training: SGD from scratch for a fine-tuned
     row (fine-tuning from random weights), random frozen features for a probe (its own probe kind first)."""
     arch = _arch(row)
-    if _readout(row) == "finetune":
-        wanted = [("sgd", "finetune")]
+    if _readout(row).startswith("finetune"):
+        wanted = [("sgd", _readout(row)), ("sgd", "finetune")]
     else:
         wanted = [("random", _readout(row)), ("random", "probe")]
     for rule, readout in wanted:
@@ -148,7 +148,8 @@ def findings_section(acc: Table, maps: Table, methods: list[str], regimes: list[
     lines += _verdicts(acc, methods, "accuracy") + [""]
     lines += ["The same in retrieval (mAP@100):", ""]
     lines += _verdicts(maps, methods, "map@100") + [""]
-    present = {_rule(m) for m in methods}
-    missing = [name for rule, name in BASELINES.items() if rule not in present] + [NOT_SWEPT]
+    present = {(_rule(m), _readout(m)) for m in methods}
+    missing = [name for (rule, readout), name in BASELINES.items()
+               if not any(r == rule and readout in (None, ro) for r, ro in present)]
     lines += ["Not in this report, so nothing above is claimed against them: " + "; ".join(missing) + ".", ""]
     return lines

@@ -51,7 +51,10 @@ from hebb.runtime import code_version, device_description, utc_now, write_json_a
 METHODS = tuple(m for m in recipe_methods() if m != "random") + ("random",)
 #: Methods with an unsupervised pre-training stage (the others start from a fresh network).
 PRETRAINED_METHODS = tuple(m for m in METHODS if m not in UNTRAINED_METHODS)
-READOUTS = ("finetune", "probe", "probe-std")
+READOUTS = ("finetune", "finetune-aug", "probe", "probe-std")
+#: End-to-end read-outs ("finetune-aug": the same recipe on randomly flipped and shifted batches, the
+#: augmentation a practitioner would use; for sgd it is the "SGD with augmentation" baseline).
+FINETUNE_READOUTS = ("finetune", "finetune-aug")
 #: Read-outs on the frozen trunk's cached features ("probe-std": the head on standardised features).
 PROBE_READOUTS = ("probe", "probe-std")
 RESULTS_FILE = "results.json"
@@ -316,13 +319,14 @@ def pretrain_method(method: str, train, num_classes: int, config: SweepConfig, s
 
 
 def finetune_run(net, labelled, val, layer: int, config: SweepConfig, seed: int,
-                 device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """Fine-tune `net` (a private copy) cut after `layer` on the labelled subset; (net, stats with time_s)."""
+                 device: torch.device, augment: bool = False) -> tuple[torch.nn.Module, dict]:
+    """Fine-tune `net` (a private copy) cut after `layer` on the labelled subset (`augment`: on flipped and
+    shifted batches); (net, stats with time_s)."""
     from hebb.recipes import read_out
 
     start = time.perf_counter()
     net, stats = read_out(net, "finetune", labelled, val, layer, device=device, seed=seed, progress=False,
-                          epochs=config.finetune_epochs)
+                          epochs=config.finetune_epochs, augment=augment)
     stats = _jsonable(dict(stats or {}))
     stats.setdefault("time_s", time.perf_counter() - start)
     return net, stats
@@ -415,18 +419,19 @@ def _pretrained(method: str, seed: int, data: dict, config: SweepConfig, device:
 
 
 def evaluate_run(pretrained, method: str, regime: float, layer: int, seed: int, data: dict,
-                 config: SweepConfig, device: torch.device, pretrain_stats: dict) -> dict:
-    """Fine-tune a copy of `pretrained` for one (regime, layer) and measure everything; returns the record."""
+                 config: SweepConfig, device: torch.device, pretrain_stats: dict, readout: str = "finetune") -> dict:
+    """Fine-tune a copy of `pretrained` for one (regime, layer) with the end-to-end `readout` and measure
+    everything; returns the record."""
     from hebb.data import regime_indices
 
     train, val, test = data["train"], data["val"], data["test"]
     labelled = train.subset(regime_indices(train.labels, regime, seed))
     net = copy.deepcopy(pretrained)
-    net, ft_stats = finetune_run(net, labelled, val, layer, config, seed, device)
+    net, ft_stats = finetune_run(net, labelled, val, layer, config, seed, device, augment=readout == "finetune-aug")
     net = net.to(device).eval()
     acc = score_accuracy(net, test, device)
     retrieval = retrieval_scores(net, layer, data["db"], data["queries"], device, config)
-    return _record(method, "finetune", regime, layer, seed, len(labelled), acc, ft_stats, retrieval,
+    return _record(method, readout, regime, layer, seed, len(labelled), acc, ft_stats, retrieval,
                    {"finetune_s": ft_stats.get("time_s"), "finetune_epochs": ft_stats.get("epochs"),
                     "features_s": retrieval.pop("features_s"), "ranking_s": retrieval.pop("ranking_s")},
                    pretrain_stats, device, finetune=ft_stats)
@@ -592,7 +597,7 @@ def _run_sweep(config: SweepConfig, progress: bool) -> dict:
                 features = layer_features((method, pseed, layer), pretrained, layer, data, config, device)
             record = probe_cell(features, method, regime, layer, seed, data, config, device, pre_stats, readout)
         else:
-            record = evaluate_run(pretrained, method, regime, layer, seed, data, config, device, pre_stats)
+            record = evaluate_run(pretrained, method, regime, layer, seed, data, config, device, pre_stats, readout)
         record["pretrain_seed"] = pseed
         if config.protocol == "transfer":
             record["classes"] = {"seen": list(data["train"].classes), "unseen": list(data["db"].classes)}
