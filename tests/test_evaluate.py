@@ -376,6 +376,36 @@ def test_merge_joins_a_piece_run_elsewhere_and_refuses_what_cannot_share_a_table
     assert sorted(ev.load_results(main_dir)["runs"]) == ["hpca/r1/l5/s0", "sgd/r1/l5/s0"]   # nothing half-merged
 
 
+def test_merge_knows_one_network_by_its_recipe_and_weights_not_its_timings(tmp_path):
+    from hebb.checkpoint import save_checkpoint
+    from hebb.network import build_network
+
+    recipe = {"method": "sgd", "arch": "conv6", "seed": 0, "spec": "GGGGGG"}
+    main_dir, piece = tmp_path / "main", tmp_path / "piece"
+    _folder(main_dir, {"sgd/r1/l5/s0": _record("sgd", 1.0, 5, 0, 0.4, 0.2, val=0.4)},
+            {"sgd/s0": {"epochs": 0, "settings": recipe, "wall_s": 0.3}})
+    _folder(piece, {"sgd/r5/l5/s0": _record("sgd", 5.0, 5, 0, 0.5, 0.2, val=0.5)},
+            {"sgd/s0": {"epochs": 0, "settings": recipe, "wall_s": 1.0}})
+    assert ev.merge_results(main_dir, piece) == (1, 0)        # an untrained net: the recipe is the network
+
+    trained = {"method": "hpca", "arch": "conv6", "seed": 0, "spec": "HHHHHG", "epochs": 1}
+    for name, top1 in (("a", 0.5), ("b", 0.6), ("c", 0.7)):
+        _folder(tmp_path / name, {f"hpca/r{top1 * 10:g}/l5/s0": _record("hpca", top1 * 10, 5, 0, top1, 0.2, val=top1)},
+                {"hpca/s0": {"epochs": 1, "settings": trained, "wall_s": top1}})
+    with pytest.raises(UserError, match="different pre-trainings under hpca/s0"):
+        ev.merge_results(tmp_path / "a", tmp_path / "b")    # trained, and no weights to show it is one network
+    torch.manual_seed(0)
+    net = build_network("conv6", rule="hpca")
+    for name in ("a", "b", "c"):
+        if name == "c":
+            with torch.no_grad():
+                next(net.parameters()).add_(0.01)           # another network under the same recipe
+        save_checkpoint(ev.pretraining_checkpoint(tmp_path / name, "hpca/s0"), net)
+    assert ev.merge_results(tmp_path / "a", tmp_path / "b") == (1, 0)   # the same weights: one network
+    with pytest.raises(UserError, match="different pre-trainings under hpca/s0"):
+        ev.merge_results(tmp_path / "a", tmp_path / "c")
+
+
 def test_a_sweep_folder_takes_one_writer_at_a_time(tmp_path):
     _folder(tmp_path / "a", {})
     _folder(tmp_path / "b", {})

@@ -401,7 +401,7 @@ def _pretrained(method: str, seed: int, data: dict, config: SweepConfig, device:
     """The pre-trained net of (method, seed): from the work-folder cache, else trained now and cached."""
     from hebb.checkpoint import load_checkpoint, save_checkpoint
 
-    ckpt = config.out / "work" / f"pretrain-{method}-s{seed}.pt"
+    ckpt = pretraining_checkpoint(config.out, f"{method}/s{seed}")
     key = f"{method}/s{seed}"
     if ckpt.is_file() and key in results["pretraining"]:
         net, _ = load_checkpoint(ckpt)
@@ -534,6 +534,29 @@ def folder_lock(out: Path, name: str = ".lock"):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def pretraining_checkpoint(out: Path, key: str) -> Path:
+    """The cached network of pre-training `key` ('method/sSEED') in the sweep folder `out`."""
+    method, _, seed = key.rpartition("/s")
+    return Path(out) / "work" / f"pretrain-{method}-s{seed}.pt"
+
+
+def same_pretraining(key: str, ours: dict, theirs: dict, our_dir: Path, their_dir: Path) -> bool:
+    """Whether two folders' records of pre-training `key` describe one network: the same recipe (`settings`)
+    and cached weights that agree (float tolerance: a rerun of the same recipe and seed may differ in the last
+    bits); without both caches, only an untrained network (a seeded initialisation) counts. Timings never do."""
+    from hebb.checkpoint import load_checkpoint
+
+    if ours.get("settings") != theirs.get("settings"):
+        return False
+    paths = [pretraining_checkpoint(d, key) for d in (our_dir, their_dir)]
+    if all(p.is_file() for p in paths):
+        a, b = (load_checkpoint(p)[0].state_dict() for p in paths)
+        return a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-6)
+                                            for k in a)
+    # without both networks at hand, only an untrained one (a seeded initialisation of one recipe) is known
+    return ours.get("settings") is not None and ours.get("epochs") == 0 == theirs.get("epochs")
+
+
 def merge_results(out: Path, source: Path) -> tuple[int, int]:
     """Copy the finished cells of the sweep folder `source` that `out` lacks into `out` (same settings only);
     returns (cells added, cells already there). Lets pieces of one sweep run in separate folders or machines."""
@@ -550,7 +573,7 @@ def merge_results(out: Path, source: Path) -> tuple[int, int]:
         new = {k: v for k, v in theirs["runs"].items() if k not in ours["runs"]}
         needed = {f"{r['method']}/s{r.get('pretrain_seed', r['seed'])}" for r in new.values()}
         clash = sorted(k for k in needed if k in ours["pretraining"] and k in theirs["pretraining"]
-                       and ours["pretraining"][k] != theirs["pretraining"][k])
+                       and not same_pretraining(k, ours["pretraining"][k], theirs["pretraining"][k], out, source))
         if clash:
             raise UserError(f"{source} and {out} hold different pre-trainings under {', '.join(clash)}: their cells "
                             f"come from different networks and cannot share a table")
