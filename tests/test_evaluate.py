@@ -382,8 +382,8 @@ def test_merge_knows_one_network_by_its_recipe_and_weights_not_its_timings(tmp_p
 
     recipe = {"method": "sgd", "arch": "conv6", "seed": 0, "spec": "GGGGGG"}
     main_dir, piece = tmp_path / "main", tmp_path / "piece"
-    _folder(main_dir, {"sgd/r1/l5/s0": _record("sgd", 1.0, 5, 0, 0.4, 0.2, val=0.4)},
-            {"sgd/s0": {"epochs": 0, "settings": recipe, "wall_s": 0.3}})
+    _folder(main_dir, {"sgd/r1/l5/s0": _record("sgd", 1.0, 5, 0, 0.4, 0.2, val=0.4)},   # the arch's older name:
+            {"sgd/s0": {"epochs": 0, "settings": dict(recipe, arch="cifar6"), "wall_s": 0.3}})  # the same net
     _folder(piece, {"sgd/r5/l5/s0": _record("sgd", 5.0, 5, 0, 0.5, 0.2, val=0.5)},
             {"sgd/s0": {"epochs": 0, "settings": recipe, "wall_s": 1.0}})
     assert ev.merge_results(main_dir, piece) == (1, 0)        # an untrained net: the recipe is the network

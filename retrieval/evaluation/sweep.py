@@ -544,9 +544,14 @@ def same_pretraining(key: str, ours: dict, theirs: dict, our_dir: Path, their_di
     """Whether two folders' records of pre-training `key` describe one network: the same recipe (`settings`)
     and cached weights that agree (float tolerance: a rerun of the same recipe and seed may differ in the last
     bits); without both caches, only an untrained network (a seeded initialisation) counts. Timings never do."""
+    from hebb.architectures import ARCHITECTURES
     from hebb.checkpoint import load_checkpoint
 
-    if ours.get("settings") != theirs.get("settings"):
+    def recipe(record: dict) -> dict | None:   # an architecture recorded under an older name is the same one
+        settings = record.get("settings")
+        return settings and dict(settings, arch=ARCHITECTURES.resolve(settings.get("arch", "")))
+
+    if recipe(ours) != recipe(theirs):
         return False
     paths = [pretraining_checkpoint(d, key) for d in (our_dir, their_dir)]
     if all(p.is_file() for p in paths):
