@@ -246,7 +246,8 @@ def test_what_this_shows_is_written_from_the_numbers(tmp_path, monkeypatch):
             "random frozen, wide3 (probe): 51.0 / 0.131 (Hebbian +10.0 points) |") in shows
     assert "- SoftHebb (probe) vs random frozen, wide3 (probe): above at 1% (+10.0 points)." in shows
     assert "- soft-WTA (probe) vs random frozen (probe): below at 1% (-5.0 points)." in shows
-    assert "above the best SGD-from-scratch row at 1 of the 1 regimes" in shows
+    assert "In test accuracy the best Hebbian row is above the best SGD-from-scratch row at 1 of the 1 regimes" in shows
+    assert "In mAP@100 the best Hebbian row is above the best SGD-from-scratch row at 1 of the 1 regimes" in shows
     assert "VAE" in shows and "augmentation" in shows and "SGD from scratch;" not in shows
 
 
@@ -268,6 +269,16 @@ def test_findings_call_a_difference_only_when_the_intervals_part():
     assert compare((0.6, 0.08), (0.5, 0.05)) == "level"
     assert compare((0.4, 0.01), (0.5, 0.01)) == "below"
     assert compare((0.6, math.nan), (0.5, 0.01)) == "above*"     # one seed: the call says so
+
+
+def test_findings_name_the_regimes_where_sgd_wins():
+    from retrieval.evaluation.findings import _headline
+
+    maps = {"softhebb probe": {1.0: (0.26, math.nan), 10.0: (0.26, math.nan)},
+            "sgd finetune-aug": {1.0: (0.14, math.nan), 10.0: (0.30, math.nan)}}
+    line = _headline(maps, list(maps), [1.0, 10.0], "mAP@100")
+    assert "at 1 of the 2 regimes" in line
+    assert "not at 10% (SGD (scratch) (fine-tuned with flips and shifts))" in line
 
 
 def test_augmented_fine_tuning_is_its_own_read_out(cifar_data_dir, shared_splits, tmp_path, monkeypatch):
