@@ -51,10 +51,9 @@ from hebb.runtime import code_version, device_description, utc_now, write_json_a
 METHODS = tuple(m for m in recipe_methods() if m != "random") + ("random",)
 #: Methods with an unsupervised pre-training stage (the others start from a fresh network).
 PRETRAINED_METHODS = tuple(m for m in METHODS if m not in UNTRAINED_METHODS)
+#: "finetune-aug": the fine-tuning recipe on randomly flipped and shifted batches (the augmentation a
+#: practitioner would use; for sgd it is the "SGD with augmentation" baseline).
 READOUTS = ("finetune", "finetune-aug", "probe", "probe-std")
-#: End-to-end read-outs ("finetune-aug": the same recipe on randomly flipped and shifted batches, the
-#: augmentation a practitioner would use; for sgd it is the "SGD with augmentation" baseline).
-FINETUNE_READOUTS = ("finetune", "finetune-aug")
 #: Read-outs on the frozen trunk's cached features ("probe-std": the head on standardised features).
 PROBE_READOUTS = ("probe", "probe-std")
 RESULTS_FILE = "results.json"
