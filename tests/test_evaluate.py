@@ -241,7 +241,11 @@ def test_what_this_shows_is_written_from_the_numbers(tmp_path, monkeypatch):
                                 "created": "2026-01-01T00:00:00+00:00", "sessions": [], "pretraining": {},
                                 "runs": runs})
     monkeypatch.setattr("retrieval.evaluation.report.write_plots", lambda *a, **k: [])
-    shows = write_report(tmp_path).read_text().split("## What this shows")[1].split("\n## ")[0]
+    summary = write_report(tmp_path).read_text()
+    times = summary.split("## Training time")[1]
+    assert [line for line in times.splitlines() if line.startswith("| soft-WTA (probe) |")][0].endswith(
+        "| 18.0 s | 1 | 18.0 s |")                                   # the paper's pre-training beside the probe row
+    shows = summary.split("## What this shows")[1].split("\n## ")[0]
     assert ("| 1% | SoftHebb (probe): 61.0 / 0.261 | SGD (scratch): 45.0 / 0.141 (Hebbian +16.0 points) | "
             "random frozen, wide3 (probe): 51.0 / 0.131 (Hebbian +10.0 points) |") in shows
     assert "- SoftHebb (probe) vs random frozen, wide3 (probe): above at 1% (+10.0 points)." in shows

@@ -248,7 +248,7 @@ def _time_section(results, methods) -> str:
     rows = []
     for m in methods:
         t = times[m]
-        p = PAPER_TRAINING_TIME.get(m, {})
+        p = PAPER_TRAINING_TIME.get(m.split(" ")[0], {})    # the pre-training a probe row reads is the same
         rows.append([method_name(m), _fmt_s(t["epoch_s"]),
                      "–" if math.isnan(t["epochs"]) else f"{t['epochs']:g}", _fmt_s(t["total_s"]),
                      _fmt_s(t["finetune_s"]), _fmt_s(p.get("epoch_s")),
