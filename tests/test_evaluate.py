@@ -237,9 +237,7 @@ def test_what_this_shows_is_written_from_the_numbers(tmp_path, monkeypatch):
             rec = _record(method, 1.0, layer, seed, top1, map100 + 0.001 * seed, val=top1)
             rec["readout"] = readout
             runs[f"{method}/{readout}/r1/l{layer}/s{seed}"] = rec
-    ev.write_results(tmp_path, {"format": ev.RESULTS_FORMAT, "version": 1, "settings": {"dataset": "cifar10"},
-                                "created": "2026-01-01T00:00:00+00:00", "sessions": [], "pretraining": {},
-                                "runs": runs})
+    _folder(tmp_path, runs)
     monkeypatch.setattr("retrieval.evaluation.report.write_plots", lambda *a, **k: [])
     summary = write_report(tmp_path).read_text()
     times = summary.split("## Training time")[1]

@@ -32,6 +32,10 @@ def _arch(row: str) -> str:
     return method_arch(row.split(" ")[0])
 
 
+def _hebbian_and_sgd(methods: list[str]) -> tuple[list[str], list[str]]:
+    return [m for m in methods if _rule(m) in HEBBIAN_RULES], [m for m in methods if _rule(m) == "sgd"]
+
+
 def _best(table: Table, rows: list[str], regime: float) -> str | None:
     scored = [(table[r][regime][0], r) for r in rows if not math.isnan(table.get(r, {}).get(regime, (math.nan,))[0])]
     return max(scored)[1] if scored else None
@@ -55,8 +59,7 @@ def _fmt(value: float, scale: float, digits: int) -> str:
 
 
 def _regime_table(acc: Table, maps: Table, methods: list[str], regimes: list[float]) -> list[str]:
-    hebbian = [m for m in methods if _rule(m) in HEBBIAN_RULES]
-    sgd = [m for m in methods if _rule(m) == "sgd"]
+    hebbian, sgd = _hebbian_and_sgd(methods)
     rows = ["| regime | best Hebbian: acc % / mAP@100 | best SGD from scratch | same net and read-out, no pre-training |",
             "|---|---|---|---|"]
     for regime in regimes:
@@ -123,8 +126,7 @@ def _verdicts(table: Table, methods: list[str], metric: str) -> list[str]:
 def _headline(table: Table, methods: list[str], regimes: list[float], what: str) -> str:
     """How often the best Hebbian row beats the best SGD-from-scratch row in `table` (each the best of its kind
     in that metric), over the regimes that have both."""
-    hebbian = [m for m in methods if _rule(m) in HEBBIAN_RULES]
-    sgd = [m for m in methods if _rule(m) == "sgd"]
+    hebbian, sgd = _hebbian_and_sgd(methods)
     pairs = [(r, _best(table, hebbian, r), _best(table, sgd, r)) for r in regimes]
     pairs = [(r, h, s) for r, h, s in pairs if h and s]
     if not pairs:
