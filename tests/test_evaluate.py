@@ -419,6 +419,32 @@ def test_merge_knows_one_network_by_its_recipe_and_weights_not_its_timings(tmp_p
         ev.merge_results(tmp_path / "a", tmp_path / "c")
 
 
+def test_status_prices_what_is_left_from_the_same_network_and_labels(tmp_path):
+    def cell(method, regime, readout="finetune", **timings):
+        return dict(_record(method, regime, 5, 0, 0.5, 0.2, val=0.5), readout=readout, timings=timings)
+
+    _folder(tmp_path, {"sgd/r1/l5/s0": cell("sgd", 1.0, finetune_s=100.0, features_s=20.0),
+                       "sgd/r5/l5/s0": cell("sgd", 5.0, finetune_s=300.0, features_s=20.0),
+                       "random/probe/r1/l5/s0": cell("random", 1.0, "probe", probe_s=5.0, features_s=70.0)},
+            {"sgd/s0": {"epochs": 0, "wall_s": 0.3}, "random/s0": {"epochs": 0, "wall_s": 10.0},
+             "hpca/s0": {"epochs": 1, "wall_s": 150.0}})    # its checkpoint is gone: trained again
+    status = ev.sweep_status(ev.SweepConfig(out=tmp_path, methods=("sgd", "hpca", "vae"), regimes=(1, 5, 10),
+                                            seeds=(0,), share_pretraining=True))
+    assert status["done"] == 2 and len(status["left"]) == 7
+    # sgd 10%: the line through 1% and 5% (120 s, 320 s) gives 570 s; hpca and vae fine-tune the same net at the
+    # same labels as sgd (120 + 320 + 570 s each); the networks not in the work folder are built again: hpca's
+    # pre-training (150 s) and sgd's seeded initialisation (0.3 s)
+    assert status["estimate_s"] == pytest.approx(570 + 2 * (120 + 320 + 570) + 150 + 0.3)
+    assert status["unknown_cost"] == ["vae pre-training"]    # no VAE pre-training was ever measured
+
+    probes = ev.sweep_status(ev.SweepConfig(out=tmp_path, methods=("random", "softhebb"), readouts=("probe",),
+                                            regimes=(1,), seeds=(0, 1), share_pretraining=True))
+    # random seed 1: 5 s, one feature pass (70 s) and its network built again (10 s); softhebb is another
+    # network: nothing prices it
+    assert probes["estimate_s"] == pytest.approx(5 + 70 + 10)
+    assert probes["unknown_cost"] == ["softhebb layer 3 features", "softhebb pre-training", "softhebb/probe"]
+
+
 def test_a_sweep_folder_takes_one_writer_at_a_time(tmp_path):
     _folder(tmp_path / "a", {})
     _folder(tmp_path / "b", {})

@@ -640,34 +640,77 @@ def _key(cell: tuple) -> str:
     return run_key(method, regime, layer, seed, readout)
 
 
+def _cell_cost(record: dict, readout: str) -> float:
+    """Seconds a finished cell spent on its own work: the read-out, and for a fine-tuned network its retrieval
+    features and ranking (a probe's features are extracted once per network and layer, counted apart)."""
+    t = record.get("timings", {})
+    own = ("probe_s",) if readout in PROBE_READOUTS else ("finetune_s", "features_s", "ranking_s")
+    return float(sum(t.get(k) or 0.0 for k in own))
+
+
+def _estimate(costs: dict, key: tuple, regime: float) -> float | None:
+    """Seconds for a cell of `regime` from the measured (regime, seconds) pairs under `key`: the mean at that
+    regime, else a straight line in the regime through the measured ones (cost grows with the labelled images),
+    else the mean of one measured regime; None when nothing under `key` is measured."""
+    pairs = costs.get(key)
+    if not pairs:
+        return None
+    at = [s for r, s in pairs if r == regime]
+    if at:
+        return float(np.mean(at))
+    regimes = {r for r, _ in pairs}
+    if len(regimes) == 1:
+        return float(np.mean([s for _, s in pairs]))
+    slope, intercept = np.polyfit([r for r, _ in pairs], [s for _, s in pairs], 1)
+    return float(max(intercept + slope * regime, 0.0))
+
+
 def sweep_status(config: SweepConfig) -> dict:
-    """What is done and left of `config` in its folder, with an estimate of the time left from the cells done."""
+    """What is done and left of `config` in its folder, with an estimate of the time left from the cells done.
+
+    A left cell is priced by the finished cells of the same method and read-out, else by those of any method
+    on the same network and read-out (a read-out's cost is the network's and the labels', not the
+    pre-training's); within them by regime (measured, else a straight line in the regime). Probe features
+    are counted once per network and layer, pre-training once per method and seed whose network is not in
+    the work folder (a recorded pre-training whose checkpoint is gone is trained again). What no
+    finished cell prices is listed under `unknown_cost`."""
     results = load_results(config.out) or {"runs": {}, "pretraining": {}}
     cells = config.runs()
     done = [c for c in cells if _key(c) in results["runs"]]
     left = [c for c in cells if _key(c) not in results["runs"]]
-    seconds = {}
-    for c in done:
-        rec = results["runs"][_key(c)]
-        t = rec.get("timings", {})
-        cost = sum(v for k, v in t.items() if k in ("finetune_s", "probe_s", "ranking_s") and v)
-        seconds.setdefault((c[0], c[1]), []).append(cost)
-    pre_done = {k for k in results.get("pretraining", {})}
-    estimate = 0.0
-    unknown = set()
-    for c in left:
-        known = seconds.get((c[0], c[1]))
+    by_method, by_arch, features_s = {}, {}, {}
+    for key, rec in results["runs"].items():
+        method, readout, regime, layer = rec["method"], rec.get("readout", "finetune"), rec["regime"], rec["layer"]
+        cost = (regime, _cell_cost(rec, readout))
+        by_method.setdefault((method, readout), []).append(cost)
+        by_arch.setdefault((method_arch(method), readout), []).append(cost)
+        if readout in PROBE_READOUTS and rec.get("timings", {}).get("features_s"):
+            features_s.setdefault((method_arch(method), layer), []).append(rec["timings"]["features_s"])
+    estimate, unknown = 0.0, set()
+    for method, readout, regime, layer, seed in left:
+        cost = _estimate(by_method, (method, readout), regime)
+        if cost is None:
+            cost = _estimate(by_arch, (method_arch(method), readout), regime)
+        if cost is None:
+            unknown.add(f"{method}/{readout}")
+        else:
+            estimate += cost
+    for method, pseed, layer in {(c[0], config.pretrain_seed(c[4]), c[3]) for c in left if c[1] in PROBE_READOUTS}:
+        known = features_s.get((method_arch(method), layer))
         if known:
             estimate += float(np.mean(known))
         else:
-            unknown.add(f"{c[0]}/{c[1]}")
+            unknown.add(f"{method} layer {layer} features")
+    pretraining = results.get("pretraining", {})
     for method, seed in {(c[0], config.pretrain_seed(c[4])) for c in left}:
-        if f"{method}/s{seed}" not in pre_done:
-            costs = [v.get("wall_s") or v.get("time_s") or 0.0 for k, v in results.get("pretraining", {}).items()
-                     if k.startswith(f"{method}/")]
-            if costs:
-                estimate += float(np.mean(costs))
-            elif method.partition("@")[0] in PRETRAINED_METHODS:
-                unknown.add(f"{method} pre-training")
+        key = f"{method}/s{seed}"
+        if key in pretraining and pretraining_checkpoint(config.out, key).is_file():
+            continue  # cached: loaded, not trained
+        costs = [v.get("wall_s") or v.get("time_s") or 0.0 for k, v in pretraining.items()
+                 if k.startswith(f"{method}/")]
+        if costs:
+            estimate += float(np.mean(costs))
+        elif method.partition("@")[0] in PRETRAINED_METHODS:
+            unknown.add(f"{method} pre-training")
     return {"cells": len(cells), "done": len(done), "left": [_key(c) for c in left],
             "estimate_s": estimate, "unknown_cost": sorted(unknown)}
