@@ -71,9 +71,6 @@ class HebbConv2d(nn.Module):
         self.teacher: torch.Tensor | None = None
         #: Sums a list of batch moments in place over data-parallel processes (`hebb.distributed`), or None.
         self.reduce_sums = None
-        #: dtype of the update's large matrix products (the moments), or None for the weight's; bfloat16 runs
-        #: them at the CPU's bf16 matmul rate (float32 accumulation; the finish and the weights stay float32).
-        self.moment_dtype: torch.dtype | None = None
 
     def extra_repr(self) -> str:
         extra = {"swta": f", temperature={self.temperature}",
@@ -108,19 +105,10 @@ class HebbConv2d(nn.Module):
         return F.conv2d(x, self.effective_weight(), stride=self.stride)
 
     def _moments(self, x: torch.Tensor, q: torch.Tensor, shape) -> torch.Tensor:
-        """Σ over patches of qᵀx, (M, D): a plain product for a fully connected layer, else conv2d_weight;
-        computed in `moment_dtype` when set, returned in x's dtype."""
-        dtype = x.dtype
-        if self.moment_dtype is not None:
-            x, q = x.to(self.moment_dtype), q.to(self.moment_dtype)
+        """Σ over patches of qᵀx, (M, D): a plain product for a fully connected layer, else conv2d_weight."""
         if self._covers_map(x):
-            return (q.flatten(1).T @ x.flatten(1)).to(dtype)
-        return conv2d_weight(x, shape, q, stride=self.stride).reshape(shape[0], -1).to(dtype)
-
-    def _gram(self, rows: torch.Tensor) -> torch.Tensor:
-        """rowsᵀ rows (M, M), in `moment_dtype` when set, returned in rows' dtype."""
-        low = rows if self.moment_dtype is None else rows.to(self.moment_dtype)
-        return (low.T @ low).to(rows.dtype)
+            return q.flatten(1).T @ x.flatten(1)
+        return conv2d_weight(x, shape, q, stride=self.stride).reshape(shape[0], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self._preactivation(x)
@@ -205,7 +193,7 @@ class HebbConv2d(nn.Module):
         else:
             yx = self._moments(x, y, w.shape)
             rows = self._patch_rows(y)
-            dw = rules.hpca_finish(yx, self._gram(rows), w2, n, scale)
+            dw = rules.hpca_finish(yx, rows.T @ rows, w2, n, scale)
         if self.reduce_sums is None:
             return dw
         # The update is a sum over patches divided by their count: pool both, then divide.

@@ -78,29 +78,21 @@ def _finite_flags(params: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([p.detach().isfinite().all() for p in params])
 
 
-#: Arithmetic of pre-training: "fp32" everywhere, or "bf16" products (see `pretrain`).
-PRECISIONS = ("fp32", "bf16")
-
-
 def pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 1, batch_size: int = 64, lr: float = 1e-3,
              device: torch.device | str = "cpu", seed: int = 0, progress: bool = True,
              on_epoch_end: Callable[[int, HebbNet, dict], None] | None = None,
-             bn_calibration_images: int = 10_000, fit_input: bool = True, precision: str = "fp32") -> dict:
+             bn_calibration_images: int = 10_000, fit_input: bool = True) -> dict:
     """Train the Hebbian layers of `net` on uint8 images (N, 3, H, W) without labels; return statistics.
 
     epochs, batch_size, lr: the reference uses lr 1e-3, batch 64, plain SGD. `on_epoch_end(epoch, net,
     stats)` runs after every epoch (1-based), e.g. to save a checkpoint. `fit_input` fits the net's input
     normalisation / ZCA on these images first. Non-finite weights stop training with a `UserError` naming
-    the layer and epoch; the net keeps the weights of the last good epoch. `precision` "bf16": the forward
-    pass runs under bfloat16 autocast and the Hebbian moments in bfloat16 (`HebbConv2d.moment_dtype`), with
-    float32 accumulation, update finish and weights ("fp32", the default: everything in float32).
-    Returns: epochs, images, batch_size, lr, precision, time_s, epoch_times_s, images_per_s.
+    the layer and epoch; the net keeps the weights of the last good epoch.
+    Returns: epochs, images, batch_size, lr, time_s, epoch_times_s, images_per_s.
     """
     device = torch.device(device)
     if epochs < 1 or batch_size < 2 or not lr > 0:
         raise UserError(f"need epochs >= 1, batch size >= 2 and lr > 0 (got {epochs}, {batch_size}, {lr})")
-    if precision not in PRECISIONS:
-        raise UserError(f"unknown precision {precision!r} (expected one of {', '.join(PRECISIONS)})")
     if len(images) < 2:
         raise UserError(f"pre-training needs at least 2 images, got {len(images)}")
     hebbian = net.hebbian_modules()
@@ -115,14 +107,10 @@ def pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 1, batch_size: in
     params = [conv.weight for _, conv in hebbian]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=0.0)
     generator = torch.Generator(device=device).manual_seed(seed)
-    stats = {"epochs": 0, "images": len(images), "batch_size": batch_size, "lr": lr, "precision": precision,
-             "epoch_times_s": []}
-    low = precision == "bf16"
+    stats = {"epochs": 0, "images": len(images), "batch_size": batch_size, "lr": lr, "epoch_times_s": []}
     started = time.perf_counter()
     net.train()
     net.set_hebbian_learning(True)
-    for _, conv in hebbian:
-        conv.moment_dtype = torch.bfloat16 if low else None
     unpool = distributed.pool_statistics(net)
     try:
         for epoch in range(1, epochs + 1):
@@ -130,7 +118,7 @@ def pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 1, batch_size: in
             t0 = time.perf_counter()
             bar = tqdm(total=len(images), desc=f"pretrain {net.rule} epoch {epoch}/{epochs}", unit="img",
                        disable=not progress, leave=False)
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
+            with torch.no_grad():
                 for idx in _batches(len(images), batch_size, generator, device):
                     optimizer.zero_grad(set_to_none=True)
                     net.features(to_float(images[distributed.shard(idx)], device), top_layer)
@@ -157,8 +145,6 @@ def pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 1, batch_size: in
     finally:
         unpool()
         net.set_hebbian_learning(False)
-        for _, conv in hebbian:
-            conv.moment_dtype = None
         optimizer.zero_grad(set_to_none=True)
     if on_epoch_end is None:
         recalibrate_batchnorm(net, images, device, bn_calibration_images, seed=seed)

@@ -89,14 +89,13 @@ def subsample(split: ArraySet, limit: int | None, seed: int) -> ArraySet:
 def pretrained_network(method: str, arch: str | None, images: torch.Tensor, num_classes: int, *,
                        epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
                        spec: str | None = None, layer: int | None = None, device: torch.device | str = "cpu", seed: int = 0,
-                       progress: bool = True, on_epoch_end: Callable | None = None,
-                       precision: str = "fp32") -> tuple[torch.nn.Module, dict]:
+                       progress: bool = True,
+                       on_epoch_end: Callable | None = None) -> tuple[torch.nn.Module, dict]:
     """The network of `method` on `arch` after its unsupervised stage on uint8 `images` (no labels).
 
     epochs / batch_size / lr None: the trainer's defaults (1 Hebbian epoch, 20 VAE epochs) and the
     architecture's reference batch size and Hebbian learning rate. layer: for "sgd" and "random", build the
-    net cut after that layer (the other methods learn every layer). precision: the Hebbian rules' arithmetic
-    (`hebb.pretrain.PRECISIONS`; recorded in the settings when not "fp32"). Returns (net in eval mode on `device`, stats with epochs, time_s, images_per_s, settings).
+    net cut after that layer (the other methods learn every layer). Returns (net in eval mode on `device`, stats with epochs, time_s, images_per_s, settings).
     """
     from hebb.network import build_network
     from hebb.pretrain import pretrain, recalibrate_batchnorm
@@ -110,8 +109,6 @@ def pretrained_network(method: str, arch: str | None, images: torch.Tensor, num_
         lr = plan.hebbian_lr
     if lr is not None and not lr > 0:
         raise UserError(f"the learning rate must be positive, got {lr}")
-    if precision != "fp32" and method in ("vae", *UNTRAINED_METHODS):
-        raise UserError(f"precision {precision!r} is for the Hebbian rules; {method} trains in float32")
     torch.manual_seed(seed)
     if method == "random" and spec is None:
         spec = "R" * plan.depth + "G"
@@ -135,11 +132,9 @@ def pretrained_network(method: str, arch: str | None, images: torch.Tensor, num_
     else:
         options = {"epochs": epochs} if epochs is not None else {}
         stats = pretrain(net, images, batch_size=batch_size, lr=lr, device=device, seed=seed, progress=progress,
-                         on_epoch_end=on_epoch_end, precision=precision, **options)
+                         on_epoch_end=on_epoch_end, **options)
     if method not in UNTRAINED_METHODS:
         settings.update(epochs=stats.get("epochs"), batch_size=batch_size, lr=stats.get("lr", lr))
-    if precision != "fp32":
-        settings["precision"] = precision
     stats = dict(stats, settings=settings, wall_s=round(time.perf_counter() - started, 3))
     return net.to(device).eval(), stats
 

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from hebb.architectures import ARCHITECTURES, DEFAULT_ARCH, arch_help, layers_help
-from hebb.pretrain import PRECISIONS
 from hebb.recipes import UNTRAINED_METHODS, arch_for, methods
 from hebb.runtime import resolve_device
 from retrieval.commands.common import add_options, positive_int
@@ -52,10 +51,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="learning rate (default: the reference's: " + ", ".join(
                        f"{a.hebbian_lr:g} for {n}" for n, a in ARCHITECTURES.items())
                    + "; for softhebb a multiplier of each block's own rate)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="arithmetic of the Hebbian rules: fp32 (default), or bf16: the forward pass and the "
-                        "updates' matrix products in bfloat16 (float32 accumulation and weights), faster on "
-                        "CPUs with bf16 units (docs/PERFORMANCE.md)")
     add_options(p, "split_seed")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     add_options(p, "data_dir", "device", "seed")
@@ -166,7 +161,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     train = subsample(splits["train"], args.limit, args.seed)
     epochs = args.epochs or (1 if rule == "softhebb" else 5)
     settings = {"rule": rule, "arch": arch, "epochs": epochs, "seed": args.seed, "limit": args.limit,
-                "device": str(device), "processes": distributed.world_size(), "precision": args.precision}
+                "device": str(device), "processes": distributed.world_size()}
 
     def save(epoch: int, net, stats: dict) -> None:
         if not distributed.is_main():
@@ -179,8 +174,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
     net, stats = pretrained_network(rule, arch, train.images, len(train.classes), epochs=epochs,
                                     batch_size=args.batch_size, lr=args.lr, spec=args.spec, device=device,
-                                    seed=args.seed, progress=distributed.is_main(), on_epoch_end=save,
-                                    precision=args.precision)
+                                    seed=args.seed, progress=distributed.is_main(), on_epoch_end=save)
     if distributed.is_main():
         print(f"pretrained {rule} ({arch} {net.spec}) on {len(train)} images: {stats['epochs']} epochs in "
               f"{stats['time_s']:.1f} s ({stats['images_per_s']:.0f} images/s on {device}); saved {args.out}")
