@@ -281,6 +281,13 @@ def test_findings_name_the_regimes_where_sgd_wins():
     line = _headline(maps, list(maps), [1.0, 10.0], "mAP@100")
     assert "at 1 of the 2 regimes" in line
     assert "not at 10% (SGD (scratch) (fine-tuned with flips and shifts))" in line
+    assert "not settled by the 95% intervals: 1% (+0.120, one seed)" in line   # a win on one run says so
+
+    acc = {"softhebb probe": {1.0: (0.50, 0.01), 5.0: (0.62, 0.01)},
+           "sgd@wide3 finetune": {1.0: (0.43, 0.02), 5.0: (0.60, 0.02)}}
+    line = _headline(acc, list(acc), [1.0, 5.0], "test accuracy")
+    assert "at 2 of the 2 regimes" in line
+    assert "not settled by the 95% intervals: 5% (+2.0 points, intervals overlap)." in line   # 1%: settled
 
 
 def test_augmented_fine_tuning_is_its_own_read_out(cifar_data_dir, shared_splits, tmp_path, monkeypatch):

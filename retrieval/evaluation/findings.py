@@ -134,7 +134,20 @@ def _headline(table: Table, methods: list[str], regimes: list[float], what: str)
     losses = [f"{r:g}% ({method_name(s)})" for r, h, s in pairs if table[h][r][0] <= table[s][r][0]]
     return (f"In {what} the best Hebbian row is above the best SGD-from-scratch row at {len(pairs) - len(losses)} "
             f"of the {len(pairs)} regimes that have both ({', '.join(f'{r:g}%' for r, _, _ in pairs)})"
-            + (f"; not at {', '.join(losses)}" if losses else "") + ".")
+            + (f"; not at {', '.join(losses)}" if losses else "") + "." + _unsettled(table, pairs, what == "test accuracy"))
+
+
+def _unsettled(table: Table, pairs: list, points: bool) -> str:
+    """The headline's wins that the intervals do not settle (overlapping, or one side a single seed);
+    differences in points when `points` (accuracy), else as the metric's own value (mAP)."""
+    weak = []
+    for r, h, s in pairs:
+        call = compare(table[h][r], table[s][r])
+        if table[h][r][0] > table[s][r][0] and call != "above":
+            diff = table[h][r][0] - table[s][r][0]
+            why = "one seed" if call.endswith("*") else "intervals overlap"
+            weak.append(f"{r:g}% ({diff * 100:+.1f} points, {why})" if points else f"{r:g}% ({diff:+.3f}, {why})")
+    return f" Of these wins, not settled by the 95% intervals: {', '.join(weak)}." if weak else ""
 
 
 def findings_section(acc: Table, maps: Table, methods: list[str], regimes: list[float]) -> list[str]:
