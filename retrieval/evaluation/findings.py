@@ -58,6 +58,11 @@ def _fmt(value: float, scale: float, digits: int) -> str:
     return f"{value * scale:.{digits}f}"
 
 
+def _difference(diff: float, points: bool) -> str:
+    """A signed difference: in points for accuracy (a fraction), as the metric's own value for mAP."""
+    return f"{diff * 100:+.1f} points" if points else f"{diff:+.3f}"
+
+
 def _regime_table(acc: Table, maps: Table, methods: list[str], regimes: list[float]) -> list[str]:
     hebbian, sgd = _hebbian_and_sgd(methods)
     rows = ["| regime | best Hebbian: acc % / mAP@100 | best SGD from scratch | same net and read-out, no pre-training |",
@@ -102,7 +107,6 @@ def floor_row(methods: list[str], row: str) -> str | None:
 def _verdicts(table: Table, methods: list[str], metric: str) -> list[str]:
     """One sentence per Hebbian row: the regimes where it is above / level with / below the same network and
     read-out without pre-training (`floor_row`) in `metric`."""
-    scale, unit = (100, " points") if metric == "accuracy" else (1, "")
     out = []
     for row in (m for m in methods if _rule(m) in HEBBIAN_RULES):
         floor = floor_row(methods, row)
@@ -115,9 +119,8 @@ def _verdicts(table: Table, methods: list[str], metric: str) -> list[str]:
         by: dict[str, list[str]] = {}
         for r in shared:
             call = compare(table[row][r], table[floor][r])
-            diff = (table[row][r][0] - table[floor][r][0]) * scale
-            by.setdefault(call.rstrip("*"), []).append(
-                f"{r:g}% ({diff:+.{1 if scale == 100 else 3}f}{unit}{', one seed' if call.endswith('*') else ''})")
+            diff = _difference(table[row][r][0] - table[floor][r][0], metric == "accuracy")
+            by.setdefault(call.rstrip("*"), []).append(f"{r:g}% ({diff}{', one seed' if call.endswith('*') else ''})")
         parts = [f"{word} at {', '.join(v)}" for word, v in by.items()]
         out.append(f"- {method_name(row)} vs {method_name(floor)}: " + "; ".join(parts) + ".")
     return out
@@ -144,9 +147,8 @@ def _unsettled(table: Table, pairs: list, points: bool) -> str:
     for r, h, s in pairs:
         call = compare(table[h][r], table[s][r])
         if table[h][r][0] > table[s][r][0] and call != "above":
-            diff = table[h][r][0] - table[s][r][0]
             why = "one seed" if call.endswith("*") else "intervals overlap"
-            weak.append(f"{r:g}% ({diff * 100:+.1f} points, {why})" if points else f"{r:g}% ({diff:+.3f}, {why})")
+            weak.append(f"{r:g}% ({_difference(table[h][r][0] - table[s][r][0], points)}, {why})")
     return f" Of these wins, not settled by the 95% intervals: {', '.join(weak)}." if weak else ""
 
 
