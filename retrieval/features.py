@@ -7,6 +7,10 @@ output rows are cosines, which is what the index searches.
 Poolings of a (C, H, W) activation: `flatten` (C*H*W), `avg` / `max` (global, C), `avgmax` (both, 2C),
 `grid` (2x2 average grid, 4C). Projections: `none`, `pca`, `pcaw` (PCA-whitening).
 
+With `head_weight` W > 0 (a fine-tuned or probed network, features of the layer its classifier reads), the
+read-out head's class probabilities, L2-normalised and scaled by W, are appended before the final L2
+normalisation: the labels the head learned from then shape the ranking as well as the layer's features.
+
 What `pooling="auto"` (and projection / dim) mean for a layer is the architecture registry's choice
 (`hebb.architectures`, each entry's `reductions`, with the measurements behind them).
 """
@@ -125,10 +129,16 @@ class FeatureExtractor:
     """`net` + `layer` + pooling + projection + L2 normalisation, on `device`, in batches of `batch_size`."""
 
     def __init__(self, net, layer: int, pooling: str = "auto", dim: int | None = None, device="cpu",
-                 batch_size: int = 256, projection: str = "auto", progress: bool = False):
+                 batch_size: int = 256, projection: str = "auto", progress: bool = False,
+                 head_weight: float = 0.0):
         n_layers = getattr(net, "num_feature_layers", 5)
         if not isinstance(layer, int) or not 1 <= layer <= n_layers:
             raise UserError(f"layer must be 1..{n_layers}, got {layer}")
+        if not head_weight >= 0:
+            raise UserError(f"the head weight must be 0 or more, got {head_weight}")
+        if head_weight > 0 and layer != n_layers:
+            raise UserError(f"the read-out head reads layer {n_layers}: features with the head need that layer, "
+                            f"got {layer}")
         default_pooling, default_projection, default_dim = default_reduction(net, layer)
         if pooling in (None, "auto"):
             pooling = default_pooling
@@ -151,6 +161,7 @@ class FeatureExtractor:
         self.batch_size = batch_size
         self.progress = progress
         self.state: dict[str, torch.Tensor] | None = None
+        self.head_weight = float(head_weight)
         self.side = input_side(net)
         self.pooled_dim = self._probe_pooled_dim()
         if self.projection == "none" and self.pooled_dim > 8192:
@@ -169,17 +180,25 @@ class FeatureExtractor:
         return self.projection != "none" and self.state is None
 
     @property
-    def dim(self) -> int:
-        """Length of the output vectors."""
+    def projected_dim(self) -> int:
+        """Length of the layer's part of the output vectors (after pooling and projection)."""
         if self.projection == "none":
             return self.pooled_dim
         if self.state is not None:
             return int(self.state["components"].shape[0])
         return min(self.requested_dim, self.pooled_dim)
 
+    @property
+    def dim(self) -> int:
+        """Length of the output vectors."""
+        return self.projected_dim + (self.net.num_classes if self.head_weight > 0 else 0)
+
     def config(self) -> dict[str, Any]:
-        return {"layer": self.layer, "pooling": self.pooling, "projection": self.projection,
-                "dim": self.dim, "pooled_dim": self.pooled_dim, "input_size": self.side}
+        config = {"layer": self.layer, "pooling": self.pooling, "projection": self.projection,
+                  "dim": self.projected_dim, "pooled_dim": self.pooled_dim, "input_size": self.side}
+        if self.head_weight > 0:  # absent otherwise, so that configs written before the option stay equal
+            config.update(head_weight=self.head_weight, classes=self.net.num_classes)
+        return config
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The fitted projection as numpy arrays (empty when there is none)."""
@@ -191,7 +210,7 @@ class FeatureExtractor:
         """Rebuild an extractor saved with `config()` and `state_arrays()`."""
         ext = cls(net, int(config["layer"]), pooling=config["pooling"], projection=config["projection"],
                   dim=config["dim"] if config["projection"] != "none" else None, device=device,
-                  batch_size=batch_size, progress=progress)
+                  batch_size=batch_size, progress=progress, head_weight=float(config.get("head_weight", 0.0)))
         if ext.projection != "none":
             if not state:
                 raise UserError("the index lacks its projection state (projection.npz)")
@@ -258,8 +277,10 @@ class FeatureExtractor:
     @torch.inference_mode()
     def transform_activations(self, acts: torch.Tensor, batch_size: int = 4096) -> np.ndarray:
         """`transform` for activations of the layer already computed."""
-        out = [self.project(self.pooled_activations(acts[i:i + batch_size].to(self.device))).cpu()
-               for i in range(0, len(acts), batch_size)]
+        out = []
+        for i in range(0, len(acts), batch_size):
+            a = acts[i:i + batch_size].to(self.device)
+            out.append(self._output(a, self.pooled_activations(a)).cpu())
         return (torch.cat(out) if out else torch.zeros(0, self.dim)).numpy().astype(np.float32, copy=False)
 
     def project(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -279,13 +300,25 @@ class FeatureExtractor:
         out = []
         for batch in self._batches(images, "features"):
             x = self._resize(batch.to(self.device, non_blocking=True).float().div_(255.0))
-            v = F.normalize(pool(self.net.features(x, self.layer), self.pooling).float(), dim=1)
-            out.append(self.project(v).cpu())
+            acts = self.net.features(x, self.layer)
+            v = F.normalize(pool(acts, self.pooling).float(), dim=1)
+            out.append(self._output(acts, v).cpu())
         return (torch.cat(out) if out else torch.zeros(0, self.dim)).numpy().astype(np.float32, copy=False)
+
+    def _output(self, acts: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """The output rows from a batch's layer activations and their pooled vectors."""
+        out = self.project(pooled)
+        if self.head_weight == 0:
+            return out
+        probs = self.net.classifier(acts.flatten(1).to(out.device)).float().softmax(1)
+        return F.normalize(torch.cat([out, self.head_weight * F.normalize(probs, dim=1)], 1), dim=1)
 
 
 def describe(config: dict) -> str:
     """One line such as 'layer 3, flatten -> pca 256 (4800 -> 256)'."""
     proj = "" if config["projection"] == "none" else f" -> {config['projection']} {config['dim']}"
-    return f"layer {config['layer']}, {config['pooling']}{proj} ({config['pooled_dim']} -> {config['dim']} floats)"
+    line = f"layer {config['layer']}, {config['pooling']}{proj} ({config['pooled_dim']} -> {config['dim']} floats)"
+    if config.get("head_weight"):
+        line += f" + the read-out head's {config['classes']} class probabilities x{config['head_weight']:g}"
+    return line
 

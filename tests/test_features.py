@@ -76,3 +76,44 @@ def test_randomised_pca_matches_exact_pca():
     exact = torch.linalg.svd(xc, full_matrices=False).Vh[:12]
     overlap = (randomised @ exact.T).pow(2).sum() / 12  # 1 when the subspaces coincide
     assert overlap > 0.999
+
+
+def test_the_read_out_head_shapes_the_ranking(cifar_splits):
+    """Appending a probe head's class probabilities (`head_weight`) retrieves more same-class images than the
+    frozen layer's features alone, on real images the head never saw; the vectors stay unit rows, the same from
+    images as from cached activations, an index's config restores them exactly, and a layer the head does not
+    read is refused."""
+    from hebb.finetune import extract_features, fit_linear_head
+    from retrieval.evaluation.metrics import rank_database
+
+    train, test = cifar_splits["train"], cifar_splits["test"]
+    torch.manual_seed(0)
+    net = build_network(arch="conv6", rule="random")
+    labelled, database = train.subset(np.arange(0, 40000, 20)), train.subset(np.arange(10, 40000, 40))
+    queries = test.subset(np.arange(0, 10000, 40))  # the splits are sorted by class: strides take every class
+    net.fit_input(labelled.images)
+    net.cut(3, classifier="G").eval()
+    head, _ = fit_linear_head(extract_features(net, labelled.images, 3), labelled.labels, None, None, 10,
+                              epochs=20, progress=False)
+    net.classifier.load_state_dict(head.state_dict())
+    acts_db, acts_q = (extract_features(net, s.images, 3) for s in (database, queries))
+
+    def map100(weight: float) -> tuple[float, FeatureExtractor]:
+        ext = FeatureExtractor(net, 3, head_weight=weight).fit_activations(acts_db)
+        ranking = rank_database(ext.transform_activations(acts_q), ext.transform_activations(acts_db),
+                                queries.labels.numpy(), database.labels.numpy())
+        return ranking.summary()["map@100"], ext
+
+    trunk, plain = map100(0.0)
+    with_head, ext = map100(1.0)
+    assert with_head > 1.3 * trunk, (trunk, with_head)
+    assert ext.dim == plain.dim + 10 and "head_weight" not in plain.config()
+    v = ext.transform(queries.images[:20])
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(ext.transform_activations(acts_q[:20]), v, atol=1e-5)
+    again = FeatureExtractor.from_config(net, ext.config(), ext.state_arrays())
+    np.testing.assert_allclose(again.transform(queries.images[:20]), v, atol=1e-5)
+    with pytest.raises(UserError, match="reads layer 3"):
+        FeatureExtractor(net, 2, head_weight=1.0)
+    with pytest.raises(UserError, match="0 or more"):
+        FeatureExtractor(net, 3, head_weight=-1.0)

@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"feature layer, {layers_help()} (default: the top layer of a fine-tuned model, else the "
                         "architecture's default feature layer)")
     add_options(b, "pooling", "projection", "dim")
+    b.add_argument("--head-weight", type=float, default=0.0, metavar="W",
+                   help="append the read-out head's class probabilities, weighted by W (e.g. 1), to each vector: "
+                        "for a fine-tuned or probed model at its top layer, so that the labels it learned from "
+                        "shape the ranking too (default 0: the layer's features only)")
     b.add_argument("--factory", default="Flat",
                    help="faiss index_factory string, e.g. IVF1024,Flat or HNSW32 (default: Flat = exact)")
     b.add_argument("--backend", default="faiss", choices=["faiss", "milvus"],
@@ -119,7 +123,7 @@ def _build(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, progress=not args.quiet, data_dir=args.data_dir,
                         force=args.force, exclude=args.exclude, backend=args.backend,
                         milvus_uri=args.milvus_uri, milvus_collection=args.milvus_collection,
-                        milvus_index=args.milvus_index)
+                        milvus_index=args.milvus_index, head_weight=args.head_weight)
     except KeyboardInterrupt:
         return _interrupted("build")
     _print_problems(m.skipped, m.duplicates)

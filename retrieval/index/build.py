@@ -92,7 +92,7 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
                 chunk_size: int = CHUNK_SIZE, fit_samples: int = FIT_SAMPLES,
                 exclude: Sequence[str] | None = None, extra: dict | None = None, backend: str = "faiss",
                 milvus_uri: str | None = None, milvus_collection: str | None = None,
-                milvus_index: str = "auto") -> Manifest:
+                milvus_index: str = "auto", head_weight: float = 0.0) -> Manifest:
     """Build the index directory `out` from the images of `images` with features of checkpoint `model`.
 
     `images` is an image folder, a dataset `NAME[:train|val|test]` of the data directory, or an already
@@ -104,7 +104,9 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
     `extra`: more manifest fields (JSON-able) to record. `backend` "milvus" puts the vectors into a Milvus
     collection instead of index.faiss: `milvus_uri` a .db file (Milvus Lite; default milvus.db inside the
     index) or a server's http(s) address, `milvus_collection` its name (default from the folder name),
-    `milvus_index` auto (FLAT, HNSW from 100,000 vectors), FLAT, HNSW or IVF_FLAT. Returns the manifest.
+    `milvus_index` auto (FLAT, HNSW from 100,000 vectors), FLAT, HNSW or IVF_FLAT. `head_weight` > 0 (a
+    fine-tuned or probed model, its top layer) appends the read-out head's class probabilities with that weight
+    (`retrieval.features`). Returns the manifest.
     """
     t_start = time.perf_counter()
     out, model = Path(out), Path(model)
@@ -123,8 +125,11 @@ def build_index(model, images, out, layer: int | None = None, pooling: str | Non
     net, meta, checksum = load_model(model, device)
     if layer is None:
         layer = default_layer(net, meta)
+    if head_weight and meta.get("stage") != "finetune":
+        raise UserError(f"{model}: --head-weight needs a fine-tuned or probed model (hebbir finetune); the head of "
+                        f"a {meta.get('stage') or 'untrained'} network has learned nothing")
     ext = FeatureExtractor(net, layer, pooling=pooling or "auto", dim=dim, projection=projection or "auto",
-                           device=device, batch_size=batch_size, progress=False)
+                           device=device, batch_size=batch_size, progress=False, head_weight=head_weight)
     source = _open_images(images, data_dir, ext, exclude)
     if factory != "Flat":
         new_faiss_index(factory, ext.dim, len(source))  # a bad factory string fails now, not after extraction
