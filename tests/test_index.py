@@ -111,6 +111,32 @@ def test_add_only_adds_new_content(tiny_model, cifar_splits, tmp_path):
     assert read_manifest(idx)["additions"][-1]["added"] == 10
 
 
+def test_an_index_with_the_read_out_head_builds_adds_and_searches(cifar_splits, tiny_model, tmp_path):
+    """--head-weight: the manifest records it, added images and queries get the same vectors; a model whose head
+    learned nothing (a pre-training) is refused."""
+    import torch
+    from hebb.checkpoint import load_checkpoint, save_checkpoint
+
+    first = tmp_path / "first"
+    write_folder(first, cifar_splits["train"], 3)
+    with pytest.raises(UserError, match="--head-weight needs a fine-tuned"):
+        build_index(tiny_model, first, tmp_path / "refused", head_weight=1.0, device="cpu", progress=False, **FAST)
+    net, _ = load_checkpoint(tiny_model)
+    torch.manual_seed(0)
+    net.cut(2)  # a fresh head on layer 2 stands in for a trained one
+    model = tmp_path / "ft.pt"
+    save_checkpoint(model, net, {"stage": "finetune", "readout": "probe"})
+    idx = tmp_path / "idx"
+    m = build_index(model, first, idx, head_weight=1.0, device="cpu", progress=False, **FAST)
+    assert m.dimension == m.features["dim"] + 10 and m.features["head_weight"] == 1.0
+    more = tmp_path / "more"
+    new_files = write_folder(more, cifar_splits["train"], 1, offset=3)
+    assert add_to_index(idx, more, device="cpu", progress=False)["added"] == 10
+    with open_index(idx) as h:
+        hit = h.search_images([str(new_files[0])], k=1)[0][0]
+        assert hit.path == str(new_files[0].resolve()) and hit.score == pytest.approx(1.0, abs=1e-4)
+
+
 def _failing_transform(fail_on_call: int, exc: BaseException):
     real = FeatureExtractor.transform
     calls = {"n": 0}
