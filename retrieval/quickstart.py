@@ -6,7 +6,7 @@ Steps (each reused when its result already exists with the same settings; `force
   2. a SoftHebb pre-trained network, its wide 3-block net (one epoch, no labels) -> `CHECKPOINTS/quickstart-softhebb.pt`;
   3. its linear probe on the 10% label regime (frozen trunk) -> `CHECKPOINTS/quickstart-softhebb-probe10.pt`;
   4. an index of the 40,000-image training split at `index_data/quickstart` (block 3, the registry's default
-     reduction, exact search).
+     reduction with the probe head's class probabilities appended, `HEAD_WEIGHT`; exact search).
 
 SoftHebb's frozen features are the method of choice here: one unsupervised epoch, no back-propagation into
 the trunk, and the best retrieval of the methods measured (reports/cifar10). Two configurations: on a GPU the
@@ -33,6 +33,10 @@ DEFAULT_CHECKPOINTS = Path("checkpoints")
 REGIME = 10
 METHOD = "softhebb"
 READOUT = "probe"
+#: Weight of the read-out head's class probabilities in the index vectors (`hebbir index build --head-weight`):
+#: measured on SoftHebb block 3 + a 10% probe, mAP@100 0.258 without them, 0.489 with weight 1
+#: (`bench/results/head-retrieval-softhebb.json`).
+HEAD_WEIGHT = 1.0
 
 #: Settings per device kind. pretrain_images: how many training-split images SoftHebb learns from (None = all).
 GPU_CONFIG = {"pretrain_images": None, "pretrain_epochs": 1, "finetune_epochs": 50, "val_images": None,
@@ -172,7 +176,8 @@ def quickstart(out=DEFAULT_OUT, checkpoints=DEFAULT_CHECKPOINTS, data_dir=None, 
         except UserError:
             pass  # a damaged index: build it again
     if (manifest is not None and manifest.model_checksum == model_sum
-            and manifest.extra.get("quickstart_limit") == limit):
+            and manifest.extra.get("quickstart_limit") == limit
+            and manifest.features.get("head_weight", 0.0) == HEAD_WEIGHT):
         say(f"reusing the index at {out} ({manifest.item_count:,} items)")
     else:
         source = open_source("cifar10:train", data_dir)
@@ -180,7 +185,8 @@ def quickstart(out=DEFAULT_OUT, checkpoints=DEFAULT_CHECKPOINTS, data_dir=None, 
             source = source.subset(_sample(len(source), limit, seed))
         # quickstart_limit: a rerun reuses the index only when it was built with the same image limit
         manifest = build_index(ft_path, source, out, layer=layer, device=device, progress=progress, force=True,
-                               fit_samples=cfg["fit_samples"], extra={"quickstart_limit": limit})
+                               fit_samples=cfg["fit_samples"], extra={"quickstart_limit": limit},
+                               head_weight=HEAD_WEIGHT)
         say(f"indexed {manifest.item_count:,} images in {manifest.build_time_s:.0f} s "
             f"({manifest.images_per_s or 0:,.0f} images/s) -> {out}")
     times["index_s"] = time.perf_counter() - t0

@@ -26,6 +26,7 @@ def test_tiny_quickstart_builds_a_searchable_index_and_reruns_from_cache(cifar_d
         assert len(h) == 64
         assert h.manifest["layer"] == 3 and h.manifest["model_meta"]["stage"] == "finetune"
         assert h.manifest["model_meta"]["readout"] == "probe" and h.manifest.architecture == "wide3"
+        assert h.manifest["features"]["head_weight"] == 1.0  # the probe's class probabilities shape the ranking
         first = h.item(0)
         hit = h.search_images([first.path], k=1)[0][0]
         assert hit.id == 0 and hit.label in cifar_splits["train"].classes
