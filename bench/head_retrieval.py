@@ -7,10 +7,13 @@ the feature extractor's `head_weight` (`hebbir index build --head-weight W`): th
 the read-out head's class probabilities appended, weighted by W. W = 0 is the trunk alone (what the sweep
 records for a probe cell); "head only" ranks by the probabilities alone, for comparison.
 
-The head is the sweep's probe (dropout 0.5 + linear, best validation epoch; `--standardize` for probe-std).
+The head is the sweep's probe (dropout 0.5 + linear, best validation epoch; `--standardize` for probe-std),
+trained per `--regimes`; for a fine-tuned checkpoint (`hebbir finetune`), `--own-head` uses the model's own
+classifier instead (the comparison a fine-tuned SGD net gets), with `--layer` its top layer.
 
     python bench/head_retrieval.py --model reports/cifar10/work/pretrain-softhebb-s0.pt --layer 3 \
         --regimes 1,10 --standardize --out bench/results/head-retrieval-softhebb.json
+    python bench/head_retrieval.py --model sgd-aug-r10.pt --layer 5 --own-head --out bench/results/x.json
 """
 
 from __future__ import annotations
@@ -48,16 +51,19 @@ def main() -> int:
     p.add_argument("--regimes", default="10", help="comma-separated label regimes in %%")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--standardize", action="store_true", help="the probe-std head (standardised features)")
+    p.add_argument("--own-head", action="store_true",
+                   help="a fine-tuned checkpoint: score its own classifier, train no probe (ignores --regimes)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     splits = load_splits("cifar10", args.data_dir)
     train, val, test = splits["train"], splits["val"], splits["test"]
-    net, _ = load_checkpoint(args.model)
+    net, meta = load_checkpoint(args.model)
     net.eval()
     t0 = time.perf_counter()
+    parts = (("train", train), ("test", test)) if args.own_head else (("train", train), ("val", val), ("test", test))
     feats = {name: extract_features(net, s.images, args.layer, batch_size=250, progress=True).cpu()
-             for name, s in (("train", train), ("val", val), ("test", test))}
+             for name, s in parts}
     features_s = time.perf_counter() - t0
     db_labels, q_labels = train.labels.numpy(), test.labels.numpy()
     report = {"command": " ".join(sys.argv), "date": utc_now(), "device": device_description("cpu"),
@@ -65,12 +71,23 @@ def main() -> int:
               "method": net.rule, "arch": net.arch, "layer": args.layer, "standardize": args.standardize,
               "database": len(db_labels), "queries": len(q_labels), "features_s": round(features_s, 1),
               "regimes": {}}
-    net.cut(args.layer, classifier="G")
-    for regime in (float(r) for r in args.regimes.split(",")):
-        idx = torch.from_numpy(regime_indices(train.labels, regime, args.seed))
-        head, _ = fit_linear_head(feats["train"][idx], train.labels[idx], feats["val"], val.labels,
-                                  len(train.classes), seed=args.seed, standardize=args.standardize, progress=False)
-        net.classifier.load_state_dict(head.state_dict())
+    if args.own_head:
+        if meta.get("stage") != "finetune":
+            raise SystemExit(f"{args.model}: --own-head needs a fine-tuned checkpoint")
+        regimes = [float(meta["regime"])]
+        report["finetune"] = {k: meta.get(k) for k in ("method", "regime", "readout", "layer", "training", "metrics")}
+    else:
+        regimes = [float(r) for r in args.regimes.split(",")]
+        net.cut(args.layer, classifier="G")
+    for regime in regimes:
+        if args.own_head:
+            head, idx = net.classifier, regime_indices(train.labels, regime, args.seed)
+        else:
+            idx = torch.from_numpy(regime_indices(train.labels, regime, args.seed))
+            head, _ = fit_linear_head(feats["train"][idx], train.labels[idx], feats["val"], val.labels,
+                                      len(train.classes), seed=args.seed, standardize=args.standardize,
+                                      progress=False)
+            net.classifier.load_state_dict(head.state_dict())
         row = {"labelled": len(idx), "test_top1": round(float(head_accuracy(head, feats["test"], test.labels)), 4)}
         for w in WEIGHTS:
             ext = FeatureExtractor(net, args.layer, head_weight=w).fit_activations(feats["train"])
