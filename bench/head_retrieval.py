@@ -46,7 +46,7 @@ def scores(queries, db, q_labels, db_labels) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, required=True, help="a pre-training checkpoint")
+    p.add_argument("--model", type=Path, required=True, help="a pre-training checkpoint (a fine-tuned one with --own-head)")
     p.add_argument("--layer", type=int, required=True)
     p.add_argument("--regimes", default="10", help="comma-separated label regimes in %%")
     p.add_argument("--seed", type=int, default=0)
@@ -89,11 +89,13 @@ def main() -> int:
                                       progress=False)
             net.classifier.load_state_dict(head.state_dict())
         row = {"labelled": len(idx), "test_top1": round(float(head_accuracy(head, feats["test"], test.labels)), 4)}
+        trunk = FeatureExtractor(net, args.layer).fit_activations(feats["train"])  # the PCA ignores the head
+        report.setdefault("reduction", trunk.config())
         for w in WEIGHTS:
-            ext = FeatureExtractor(net, args.layer, head_weight=w).fit_activations(feats["train"])
+            ext = FeatureExtractor(net, args.layer, head_weight=w)
+            ext.state = trunk.state
             row[f"head x{w:g}"] = scores(ext.transform_activations(feats["test"]),
                                          ext.transform_activations(feats["train"]), q_labels, db_labels)
-            report.setdefault("reduction", ext.config())
         with torch.no_grad():
             probs = {n: head(feats[n]).softmax(1).numpy() for n in ("train", "test")}
         row["head only"] = scores(probs["test"] / np.linalg.norm(probs["test"], axis=1, keepdims=True),

@@ -34,8 +34,8 @@ REGIME = 10
 METHOD = "softhebb"
 READOUT = "probe"
 #: Weight of the read-out head's class probabilities in the index vectors (`hebbir index build --head-weight`):
-#: measured on SoftHebb block 3 + a 10% probe, mAP@100 0.258 without them, 0.489 with weight 1
-#: (`bench/results/head-retrieval-softhebb.json`).
+#: measured on SoftHebb block 3 + a 10% probe on standardised features, mAP@100 0.258 without them, 0.489 with
+#: weight 1 (`bench/results/head-retrieval-softhebb.json`; the quickstart's plain probe was not measured apart).
 HEAD_WEIGHT = 1.0
 
 #: Settings per device kind. pretrain_images: how many training-split images SoftHebb learns from (None = all).
