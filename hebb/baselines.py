@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -26,6 +27,10 @@ from hebb.data import to_float
 from hebb.errors import UserError
 from hebb.finetune import reference_lr
 from hebb.network import ARCHITECTURES, HebbNet, canonical_arch
+from hebb.runtime import atomic_write
+
+#: Format tag of a VAE pre-training's progress file (see `vae_pretrain`'s `resume`).
+PROGRESS_FORMAT = "hebbir-vae-progress"
 
 LATENTS = 256
 #: Architectures the VAE baseline has a mirror decoder for (the registry's entries with rule "vae").
@@ -91,10 +96,15 @@ class VAE(nn.Module):
 def vae_pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
                  momentum: float = 0.9, beta: float = 0.5, device: torch.device | str = "cpu", seed: int = 0,
                  progress: bool = True, on_epoch_end: Callable[[int, HebbNet, dict], None] | None = None,
-                 fit_input: bool = True) -> dict:
+                 fit_input: bool = True, resume: str | Path | None = None) -> dict:
     """Pre-train the trunk of an all-G `net` (e.g. `build_network(rule="vae")`) as a β-VAE encoder.
 
-    Returns: epochs, images, time_s, epoch_times_s, images_per_s, history (loss, mse, kl per epoch).
+    resume: a progress file. After every epoch the whole training state (encoder, decoder, optimizer, data
+    order and noise generators, stats) is written there atomically; a later call with the same settings and
+    images continues after the last finished epoch, with the same result as an uninterrupted run. The file
+    is removed when training ends; one written with other settings is refused (`UserError`).
+    Returns: epochs, images, time_s, epoch_times_s, images_per_s, history (loss, mse, kl per epoch), and
+    resumed_at_epoch when earlier epochs came from `resume`.
     Non-finite losses stop training with a `UserError`.
     """
     device = torch.device(device)
@@ -113,7 +123,17 @@ def vae_pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 20, batch_siz
     stats = {"epochs": 0, "images": len(images), "batch_size": batch_size, "lr": lr, "beta": beta,
              "epoch_times_s": [], "history": []}
     started = time.perf_counter()
-    for epoch in range(epochs):
+    first = 0
+    resume = Path(resume) if resume is not None else None
+    run = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum, "beta": beta, "seed": seed,
+           "images": len(images), "fingerprint": _fingerprint(images), "fit_input": fit_input}
+    if resume is not None and resume.is_file():
+        first, elapsed = _load_progress(resume, run, vae, optimizer, generator, stats, device)
+        started -= elapsed
+        stats["resumed_at_epoch"] = first
+        if progress:
+            tqdm.write(f"resuming VAE pre-training after epoch {first}/{epochs} ({resume})", file=sys.stderr)
+    for epoch in range(first, epochs):
         for group in optimizer.param_groups:
             group["lr"] = reference_lr(epoch, epochs, lr)
         vae.train()
@@ -145,10 +165,68 @@ def vae_pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 20, batch_siz
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f} (mse {mse:.4f}, kl {kl:.4f})",
                        file=sys.stderr)
+        if resume is not None:
+            _save_progress(resume, run, vae, optimizer, generator, stats, time.perf_counter() - started, device)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, net, _finish(stats, started))
     net.eval()
+    if resume is not None:
+        resume.unlink(missing_ok=True)
     return _finish(stats, started)
+
+
+def _fingerprint(images: torch.Tensor) -> list:
+    """Shape and a position-weighted checksum of a strided sample of the images: enough to tell another image
+    set (or the same images in another order, which changes the training) from this one."""
+    step = max(1, len(images) // 1000)
+    sums = images[::step].flatten(1).to(torch.int64).sum(1).cpu()
+    return [list(images.shape), int((sums * torch.arange(1, len(sums) + 1)).sum())]
+
+
+def _save_progress(path: Path, run: dict, vae: VAE, optimizer, generator, stats: dict, elapsed: float,
+                   device: torch.device) -> None:
+    state = {"format": PROGRESS_FORMAT, "run": run, "epoch": stats["epochs"], "elapsed_s": elapsed,
+             "vae": vae.state_dict(), "optimizer": optimizer.state_dict(), "order": generator.get_state(),
+             "noise": torch.get_rng_state(), "stats": stats,
+             "cuda_noise": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
+
+
+def vae_progress(path: str | Path) -> dict | None:
+    """What an interrupted VAE pre-training's progress file holds (epoch done, epochs, epoch_times_s), or None
+    when there is no readable one."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception:
+        return None
+    if not isinstance(state, dict) or state.get("format") != PROGRESS_FORMAT:
+        return None
+    return {"epoch": int(state["epoch"]), "epochs": int(state["run"]["epochs"]),
+            "epoch_times_s": list(state["stats"]["epoch_times_s"])}
+
+
+def _load_progress(path: Path, run: dict, vae: VAE, optimizer, generator, stats: dict,
+                   device: torch.device) -> tuple[int, float]:
+    """Restore a progress file into the training state; (finished epochs, seconds they took)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"cannot read the VAE progress file {path} ({e}); remove it to start again") from None
+    if not isinstance(state, dict) or state.get("format") != PROGRESS_FORMAT:
+        raise UserError(f"{path} is not a VAE progress file; remove it to start again")
+    if state["run"] != run:
+        diff = ", ".join(f"{k} {state['run'].get(k)} -> {v}" for k, v in run.items() if state["run"].get(k) != v)
+        raise UserError(f"{path} holds a VAE pre-training with other settings ({diff}); remove it to start again")
+    vae.load_state_dict(state["vae"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["order"])
+    torch.set_rng_state(state["noise"])
+    if state["cuda_noise"] is not None:
+        torch.cuda.set_rng_state(state["cuda_noise"], device)
+    stats.update(state["stats"])
+    return int(state["epoch"]), float(state["elapsed_s"])
 
 
 def _finish(stats: dict, started: float) -> dict:

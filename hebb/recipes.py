@@ -21,6 +21,7 @@ probes run data-parallel; VAE pre-training and the Hebbian classifier refuse to.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -89,13 +90,14 @@ def subsample(split: ArraySet, limit: int | None, seed: int) -> ArraySet:
 def pretrained_network(method: str, arch: str | None, images: torch.Tensor, num_classes: int, *,
                        epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
                        spec: str | None = None, layer: int | None = None, device: torch.device | str = "cpu", seed: int = 0,
-                       progress: bool = True,
-                       on_epoch_end: Callable | None = None) -> tuple[torch.nn.Module, dict]:
+                       progress: bool = True, on_epoch_end: Callable | None = None,
+                       resume: Path | None = None) -> tuple[torch.nn.Module, dict]:
     """The network of `method` on `arch` after its unsupervised stage on uint8 `images` (no labels).
 
     epochs / batch_size / lr None: the trainer's defaults (1 Hebbian epoch, 20 VAE epochs) and the
     architecture's reference batch size and Hebbian learning rate. layer: for "sgd" and "random", build the
-    net cut after that layer (the other methods learn every layer). Returns (net in eval mode on `device`, stats with epochs, time_s, images_per_s, settings).
+    net cut after that layer (the other methods learn every layer). resume: "vae" only, a progress file that
+    lets an interrupted pre-training continue after its last finished epoch (`hebb.baselines.vae_pretrain`). Returns (net in eval mode on `device`, stats with epochs, time_s, images_per_s, settings).
     """
     from hebb.network import build_network
     from hebb.pretrain import pretrain, recalibrate_batchnorm
@@ -109,6 +111,8 @@ def pretrained_network(method: str, arch: str | None, images: torch.Tensor, num_
         lr = plan.hebbian_lr
     if lr is not None and not lr > 0:
         raise UserError(f"the learning rate must be positive, got {lr}")
+    if resume is not None and method != "vae":
+        raise UserError(f"only VAE pre-training can resume from a progress file, not {method}")
     torch.manual_seed(seed)
     if method == "random" and spec is None:
         spec = "R" * plan.depth + "G"
@@ -128,7 +132,7 @@ def pretrained_network(method: str, arch: str | None, images: torch.Tensor, num_
         _refuse_data_parallel("VAE pre-training")
         options = {k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None}
         stats = vae_pretrain(net, images, batch_size=batch_size, device=device, seed=seed, progress=progress,
-                             on_epoch_end=on_epoch_end, **options)
+                             on_epoch_end=on_epoch_end, resume=resume, **options)
     else:
         options = {"epochs": epochs} if epochs is not None else {}
         stats = pretrain(net, images, batch_size=batch_size, lr=lr, device=device, seed=seed, progress=progress,

@@ -69,7 +69,7 @@ class _Counting:
         self.finetunes = 0
         self.fail_on_finetune = fail_on_finetune
 
-    def pretrain(self, method, train, num_classes, config, seed, device):
+    def pretrain(self, method, train, num_classes, config, seed, device, resume=None):
         from hebb.network import build_network
 
         self.pretrains += 1
@@ -443,6 +443,19 @@ def test_status_prices_what_is_left_from_the_same_network_and_labels(tmp_path):
     # pre-training (150 s) and sgd's seeded initialisation (0.3 s)
     assert status["estimate_s"] == pytest.approx(570 + 2 * (120 + 320 + 570) + 150 + 0.3)
     assert status["unknown_cost"] == ["vae pre-training"]    # no VAE pre-training was ever measured
+    assert status["resumable"] == {}
+
+    from hebb.baselines import PROGRESS_FORMAT
+
+    partial = ev.pretraining_progress(tmp_path, "vae/s0")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": PROGRESS_FORMAT, "epoch": 3, "run": {"epochs": 20},
+                "stats": {"epoch_times_s": [700.0, 800.0, 750.0]}}, partial)
+    resumed = ev.sweep_status(ev.SweepConfig(out=tmp_path, methods=("sgd", "hpca", "vae"), regimes=(1, 5, 10),
+                                             seeds=(0,), share_pretraining=True))
+    # an interrupted VAE pre-training is priced by its own epochs: 17 left at their mean, 750 s
+    assert resumed["resumable"] == {"vae/s0": "3 of 20 epochs done"} and resumed["unknown_cost"] == []
+    assert resumed["estimate_s"] == pytest.approx(status["estimate_s"] + 17 * 750)
 
     probes = ev.sweep_status(ev.SweepConfig(out=tmp_path, methods=("random", "softhebb"), readouts=("probe",),
                                             regimes=(1,), seeds=(0, 1), share_pretraining=True))

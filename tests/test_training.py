@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hebb.baselines import VAE, vae_pretrain
+from hebb.baselines import VAE, vae_pretrain, vae_progress
 from hebb.checkpoint import load_checkpoint
 from hebb.data import regime_indices
 from hebb.errors import UserError
@@ -120,6 +120,68 @@ def test_vae_pretraining_runs_and_decodes_to_images(small):
     assert not torch.equal(before, net.layers[0].conv.weight)
     with pytest.raises(UserError, match="trainable by backprop"):
         VAE(build_network(rule="hpca"))
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_an_interrupted_vae_pretraining_resumes_to_the_same_network(small, tmp_path):
+    images, progress = small[0].images[:48], tmp_path / "vae.progress.pt"
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_network(rule="vae")
+
+    straight = fresh()
+    whole = vae_pretrain(straight, images, epochs=2, batch_size=16, progress=False)
+
+    def kill_after_first(epoch, net, stats):
+        if epoch == 1:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        vae_pretrain(fresh(), images, epochs=2, batch_size=16, progress=False, resume=progress,
+                     on_epoch_end=kill_after_first)
+    assert vae_progress(progress) == {"epoch": 1, "epochs": 2, "epoch_times_s": [pytest.approx(0, abs=60)]}
+    with pytest.raises(UserError, match="other settings.*epochs 2 -> 3"):
+        vae_pretrain(fresh(), images, epochs=3, batch_size=16, progress=False, resume=progress)
+    with pytest.raises(UserError, match="other settings.*fingerprint"):
+        vae_pretrain(fresh(), images.flip(0), epochs=2, batch_size=16, progress=False, resume=progress)
+
+    resumed = fresh()
+    stats = vae_pretrain(resumed, images, epochs=2, batch_size=16, progress=False, resume=progress)
+    assert stats["resumed_at_epoch"] == 1 and stats["epochs"] == 2 and len(stats["epoch_times_s"]) == 2
+    assert stats["history"] == whole["history"]  # epoch 1 from the file, epoch 2 trained again: same losses
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert not progress.exists() and vae_progress(progress) is None  # a finished training leaves no file
+
+
+def test_cli_vae_pretraining_continues_after_an_interruption(cifar_data_dir, tmp_path, monkeypatch, capsys):
+    args = ["pretrain", "--rule", "vae", "--limit", "32", "--epochs", "2", "--batch-size", "16",
+            "--data-dir", str(cifar_data_dir), "--device", "cpu", "--seed", "0"]
+    assert main([*args, "--out", str(tmp_path / "straight.pt")]) == 0
+    out = tmp_path / "resumed.pt"
+    real_loss, calls = VAE.loss, []
+
+    def interrupted_loss(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 3:                      # the first batch of epoch 2 (2 batches per epoch)
+            raise KeyboardInterrupt
+        return real_loss(self, *a, **kw)
+
+    monkeypatch.setattr(VAE, "loss", interrupted_loss)
+    assert main([*args, "--out", str(out)]) != 0
+    assert vae_progress(tmp_path / "resumed.pt.progress")["epoch"] == 1
+    monkeypatch.setattr(VAE, "loss", real_loss)
+    capsys.readouterr()
+    assert main([*args, "--out", str(out)]) == 0
+    assert "resuming VAE pre-training after epoch 1/2" in capsys.readouterr().err
+    (a, meta), (b, _) = load_checkpoint(tmp_path / "straight.pt"), load_checkpoint(out)
+    assert meta["epochs_done"] == 2 and not (tmp_path / "resumed.pt.progress").exists()
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
 
 
 def test_cli_pretrain_and_finetune_end_to_end(cifar_data_dir, tmp_path, capsys):

@@ -194,6 +194,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             print(f"{status['done']} of {status['cells']} cells done in {args.out}; {len(status['left'])} left, "
                   f"about {hours:.1f} h" + (f" plus unmeasured: {', '.join(status['unknown_cost'])}"
                                             if status["unknown_cost"] else ""))
+            for key, done in status["resumable"].items():
+                print(f"  resumable: {key} pre-training, {done}")
             for key in status["left"][:20]:
                 print(f"  left: {key}")
             if len(status["left"]) > 20:

@@ -26,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     f"(SoftHebb: soft WTA with anti-Hebbian losers and a norm-adaptive rate, on the "
                     f"{arch_for('softhebb')} net; one epoch is its recipe); all Hebbian layers learn in the same forward pass. vae: the trunk "
                     "is trained as a VAE encoder (baseline). The checkpoint is rewritten after every epoch, so "
-                    "an interrupted run keeps its last finished epoch.",
+                    "an interrupted run keeps its last finished epoch; for vae (hours on a CPU) the "
+                    "whole training state is kept beside it too (OUT.progress), and rerunning the same command "
+                    "continues after the last finished epoch.",
         epilog="examples: hebbir pretrain --dataset cifar10 --rule hpca --epochs 5 --out models/hpca.pt\n"
                "          hebbir pretrain --dataset cifar10 --rule softhebb --epochs 1 --out models/softhebb.pt\n"
                f"          hebbir pretrain --dataset mine --arch {_LARGEST} --rule hpca --batch-size 16 "
@@ -172,9 +174,11 @@ def _pretrain(args: argparse.Namespace) -> int:
                                                              lr=stats["lr"]),
             "epochs_done": epoch, "timings": {k: stats[k] for k in ("time_s", "epoch_times_s", "images_per_s")}})
 
+    resume = args.out.with_name(args.out.name + ".progress") if rule == "vae" else None
     net, stats = pretrained_network(rule, arch, train.images, len(train.classes), epochs=epochs,
                                     batch_size=args.batch_size, lr=args.lr, spec=args.spec, device=device,
-                                    seed=args.seed, progress=distributed.is_main(), on_epoch_end=save)
+                                    seed=args.seed, progress=distributed.is_main(), on_epoch_end=save,
+                                    resume=resume)
     if distributed.is_main():
         print(f"pretrained {rule} ({arch} {net.spec}) on {len(train)} images: {stats['epochs']} epochs in "
               f"{stats['time_s']:.1f} s ({stats['images_per_s']:.0f} images/s on {device}); saved {args.out}")

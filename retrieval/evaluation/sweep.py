@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hebb.architectures import ARCHITECTURES
+from hebb.baselines import vae_progress
 from hebb.errors import UserError
 from hebb.recipes import UNTRAINED_METHODS, arch_for, canonical_method
 from hebb.recipes import methods as recipe_methods
@@ -296,19 +297,25 @@ def load_data(config: SweepConfig) -> dict:
 
 
 def pretrain_method(method: str, train, num_classes: int, config: SweepConfig, seed: int,
-                    device: torch.device) -> tuple[torch.nn.Module, dict]:
+                    device: torch.device, resume: Path | None = None) -> tuple[torch.nn.Module, dict]:
     """A network for `method`, pre-trained without labels on the training images when the method has a stage.
 
+    resume: the VAE's progress file (its pre-training is the one that runs for hours).
     Returns (net on the CPU, stats) with stats holding at least epochs, epoch_time_s and time_s.
     """
     from hebb.recipes import pretrained_network
 
     start = time.perf_counter()
     net, stats = pretrained_network(method, None, train.images, num_classes, epochs=config.pretrain_epochs,
-                                    batch_size=config.batch_size, device=device, seed=seed, progress=True)
+                                    batch_size=config.batch_size, device=device, seed=seed, progress=True,
+                                    resume=resume)
     wall = time.perf_counter() - start
     stats = _jsonable(dict(stats or {}))
-    stats["wall_s"] = wall      # also counts what the training code leaves out of time_s (input/ZCA fitting)
+    # wall_s also counts what the training code leaves out of time_s (input/ZCA fitting); after a resume, the
+    # earlier sessions' epochs count by their training time (their fitting is not known)
+    if stats.get("resumed_at_epoch"):
+        wall += sum((stats.get("epoch_times_s") or [])[:stats["resumed_at_epoch"]])
+    stats["wall_s"] = wall
     epochs = int(stats.get("epochs", 0) or 0)
     stats["epochs"] = epochs
     per_epoch = stats.get("epoch_times_s") or []
@@ -406,7 +413,8 @@ def _pretrained(method: str, seed: int, data: dict, config: SweepConfig, device:
         net, _ = load_checkpoint(ckpt)
         return net, results["pretraining"][key]
     train = data["train"]
-    net, stats = pretrain_method(method, train, len(train.classes), config, seed, device)
+    resume = pretraining_progress(config.out, key) if method.partition("@")[0] == "vae" else None
+    net, stats = pretrain_method(method, train, len(train.classes), config, seed, device, resume=resume)
     stats["device"] = device_description(device)
     stats["code"] = CODE_VERSION
     save_checkpoint(ckpt, net, {"stage": "pretrain", "dataset": config.dataset, "classes": train.classes,
@@ -537,6 +545,11 @@ def pretraining_checkpoint(out: Path, key: str) -> Path:
     """The cached network of pre-training `key` ('method/sSEED') in the sweep folder `out`."""
     method, _, seed = key.rpartition("/s")
     return Path(out) / "work" / f"pretrain-{method}-s{seed}.pt"
+
+
+def pretraining_progress(out: Path, key: str) -> Path:
+    """The progress file of an unfinished (resumable) pre-training `key` in the sweep folder `out`."""
+    return pretraining_checkpoint(out, key).with_suffix(".progress.pt")
 
 
 def same_pretraining(key: str, ours: dict, theirs: dict, our_dir: Path, their_dir: Path) -> bool:
@@ -672,8 +685,9 @@ def sweep_status(config: SweepConfig) -> dict:
     on the same network and read-out (a read-out's cost is the network's and the labels', not the
     pre-training's); within them by regime (measured, else a straight line in the regime). Probe features
     are counted once per network and layer, pre-training once per method and seed whose network is not in
-    the work folder (a recorded pre-training whose checkpoint is gone is trained again). What no
-    finished cell prices is listed under `unknown_cost`."""
+    the work folder (a recorded pre-training whose checkpoint is gone is trained again; an interrupted VAE
+    pre-training, listed under `resumable`, by its remaining epochs). What no finished cell prices is listed
+    under `unknown_cost`."""
     results = load_results(config.out) or {"runs": {}, "pretraining": {}}
     cells = config.runs()
     done = [c for c in cells if _key(c) in results["runs"]]
@@ -702,10 +716,16 @@ def sweep_status(config: SweepConfig) -> dict:
         else:
             unknown.add(f"{method} layer {layer} features")
     pretraining = results.get("pretraining", {})
+    resumable = {}
     for method, seed in {(c[0], config.pretrain_seed(c[4])) for c in left}:
         key = f"{method}/s{seed}"
         if key in pretraining and pretraining_checkpoint(config.out, key).is_file():
             continue  # cached: loaded, not trained
+        partial = vae_progress(pretraining_progress(config.out, key))
+        if partial is not None:  # an interrupted VAE pre-training: its own epochs price the rest
+            resumable[key] = f"{partial['epoch']} of {partial['epochs']} epochs done"
+            estimate += float(np.mean(partial["epoch_times_s"])) * (partial["epochs"] - partial["epoch"])
+            continue
         costs = [v.get("wall_s") or v.get("time_s") or 0.0 for k, v in pretraining.items()
                  if k.startswith(f"{method}/")]
         if costs:
@@ -713,4 +733,4 @@ def sweep_status(config: SweepConfig) -> dict:
         elif method.partition("@")[0] in PRETRAINED_METHODS:
             unknown.add(f"{method} pre-training")
     return {"cells": len(cells), "done": len(done), "left": [_key(c) for c in left],
-            "estimate_s": estimate, "unknown_cost": sorted(unknown)}
+            "estimate_s": estimate, "unknown_cost": sorted(unknown), "resumable": resumable}
