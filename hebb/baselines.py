@@ -100,7 +100,7 @@ def vae_pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 20, batch_siz
     """Pre-train the trunk of an all-G `net` (e.g. `build_network(rule="vae")`) as a β-VAE encoder.
 
     resume: a progress file. After every epoch the whole training state (encoder, decoder, optimizer, data
-    order and noise generators, stats) is written there atomically; a later call with the same settings and
+    order and noise generators, stats) is written there atomically once `on_epoch_end` has returned; a later call with the same settings and
     images continues after the last finished epoch, with the same result as an uninterrupted run. The file
     is removed when training ends; one written with other settings is refused (`UserError`).
     Returns: epochs, images, time_s, epoch_times_s, images_per_s, history (loss, mse, kl per epoch), and
@@ -165,10 +165,10 @@ def vae_pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 20, batch_siz
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {loss:.4f} (mse {mse:.4f}, kl {kl:.4f})",
                        file=sys.stderr)
-        if resume is not None:
-            _save_progress(resume, run, vae, optimizer, generator, stats, time.perf_counter() - started, device)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, net, _finish(stats, started))
+        if resume is not None:  # after the callback: its work is kept, and so is any random state it used
+            _save_progress(resume, run, vae, optimizer, generator, stats, time.perf_counter() - started, device)
     net.eval()
     if resume is not None:
         resume.unlink(missing_ok=True)

@@ -596,6 +596,37 @@ def test_pretraining_curves_probe_the_validation_split_after_every_epoch(cifar_d
     assert "other settings" in capsys.readouterr().err
 
 
+def test_an_interrupted_vae_curve_continues_after_its_last_point(cifar_data_dir, tmp_path, monkeypatch):
+    import hebb.finetune as finetune
+    from hebb.baselines import VAE
+    from retrieval.evaluation.curves import curve_progress, load_curves
+
+    probed = []
+    real_head, real_loss = finetune.fit_linear_head, VAE.loss
+    monkeypatch.setattr(finetune, "fit_linear_head", lambda *a, **k: probed.append(1) or real_head(*a, **k))
+
+    def killed_in_epoch_2(self, *a, **k):
+        probed.append("batch")
+        if probed.count("batch") == 2:            # 64 images, batch 64: the first batch of epoch 2
+            raise KeyboardInterrupt
+        return real_loss(self, *a, **k)
+
+    monkeypatch.setattr(VAE, "loss", killed_in_epoch_2)
+    out = tmp_path / "curves"
+    args = ["evaluate", "--curves", "--methods", "vae", "--pretrain-epochs", "2", "--regimes", "10",
+            "--probe-epochs", "2", "--batch-size", "64", "--limit", "64", "--device", "cpu",
+            "--data-dir", str(cifar_data_dir), "--out", str(out)]
+    assert main(args) == 130
+    assert [p["epoch"] for p in load_curves(out)["curves"]["vae"]["points"]] == [1]
+    assert curve_progress(out, "vae", 0).is_file()
+    monkeypatch.setattr(VAE, "loss", real_loss)
+    probed.clear()
+    assert main(args) == 0
+    assert probed == [1]                         # epoch 1's point is kept, only epoch 2 is probed
+    assert [p["epoch"] for p in load_curves(out)["curves"]["vae"]["points"]] == [1, 2]
+    assert not curve_progress(out, "vae", 0).exists()
+
+
 def test_needed_epochs_is_the_first_within_half_a_point_of_the_best():
     from retrieval.evaluation.curves import needed_epochs
 

@@ -122,10 +122,6 @@ def test_vae_pretraining_runs_and_decodes_to_images(small):
         VAE(build_network(rule="hpca"))
 
 
-class _Killed(Exception):
-    pass
-
-
 def test_an_interrupted_vae_pretraining_resumes_to_the_same_network(small, tmp_path):
     images, progress = small[0].images[:48], tmp_path / "vae.progress.pt"
 
@@ -136,13 +132,18 @@ def test_an_interrupted_vae_pretraining_resumes_to_the_same_network(small, tmp_p
     straight = fresh()
     whole = vae_pretrain(straight, images, epochs=2, batch_size=16, progress=False)
 
-    def kill_after_first(epoch, net, stats):
-        if epoch == 1:
-            raise _Killed
+    real_loss, calls = VAE.loss, []
 
-    with pytest.raises(_Killed):
-        vae_pretrain(fresh(), images, epochs=2, batch_size=16, progress=False, resume=progress,
-                     on_epoch_end=kill_after_first)
+    def killed_in_epoch_2(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 4:                      # the first batch of epoch 2 (3 batches per epoch)
+            raise KeyboardInterrupt
+        return real_loss(self, *a, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(VAE, "loss", killed_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            vae_pretrain(fresh(), images, epochs=2, batch_size=16, progress=False, resume=progress)
     assert vae_progress(progress) == {"epoch": 1, "epochs": 2, "epoch_times_s": [pytest.approx(0, abs=60)]}
     with pytest.raises(UserError, match="other settings.*epochs 2 -> 3"):
         vae_pretrain(fresh(), images, epochs=3, batch_size=16, progress=False, resume=progress)

@@ -97,7 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="measure pre-training curves instead of cells: after each of --pretrain-epochs (default 3) "
                         "unsupervised epochs, the probe's validation accuracy on the top layer, trained on the labels "
                         "of the one --regimes value (default 10), seed 0; written to OUT/curves.json and "
-                        "OUT/pretraining_curves.png, and shown in the report")
+                        "OUT/pretraining_curves.png, and shown in the report; an interrupted VAE curve "
+                        "continues after its last point, a Hebbian one starts again")
     p.add_argument("--status", action="store_true",
                    help="print what of this sweep is done and left (and the estimated time left), run nothing")
     p.add_argument("--pr-regime", type=float, default=None,

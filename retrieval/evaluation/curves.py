@@ -3,8 +3,10 @@
 After every pre-training epoch the network's top layer is read out with the probe (frozen trunk, dropout 0.5 +
 linear head, the sweep's probe) on one label regime's labelled images, and its best accuracy on the validation
 split is recorded (the test split is never looked at). `OUT/curves.json` holds one curve per method, written
-as each epoch's point is measured; `OUT/pretraining_curves.png` draws them. A curve is one piece: a run stopped
-mid-curve starts that method's curve again (the finished curves are kept and skipped).
+as each epoch's point is measured; `OUT/pretraining_curves.png` draws them. A Hebbian curve is one piece: a run
+stopped mid-curve starts that method's curve again (the finished curves are kept and skipped). The VAE's curve
+(hours of epochs) keeps its training state in `OUT/work/curve-vae-sSEED.progress.pt` after each point, and
+continues from the last one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from hebb.baselines import vae_progress
 from hebb.errors import UserError
 from hebb.runtime import device_description, utc_now, write_json_atomic
 from retrieval.evaluation.sweep import (CODE_VERSION, PRETRAINED_METHODS, SweepConfig, canonical_method,
@@ -116,6 +119,15 @@ def run_curves(config: CurveConfig, progress: bool = True) -> dict:
             layer = method_depth(method)
             record = {"method": method, "layer": layer, "labelled": len(idx), "epochs": config.epochs,
                       "code": CODE_VERSION, "device": device_description(device), "points": []}
+            resume = curve_progress(config.out, method, config.seed)
+            partial = vae_progress(resume) if resume is not None else None
+            earlier = curves["curves"].get(method, {})
+            if (partial is not None and earlier.get("epochs") == config.epochs
+                    and len(earlier.get("points", [])) >= partial["epoch"]):
+                # the points up to the saved epoch go on; a point measured after it is measured again
+                record = dict(earlier, points=earlier["points"][:partial["epoch"]])
+            elif partial is not None:
+                resume.unlink()  # its points are gone (or were for another length): start the curve again
             curves["curves"][method] = record
 
             def on_epoch_end(epoch, net, stats, record=record, layer=layer):
@@ -128,8 +140,15 @@ def run_curves(config: CurveConfig, progress: bool = True) -> dict:
 
             pretrained_network(method, None, train.images, len(train.classes), epochs=config.epochs,
                                batch_size=config.batch_size, device=device, seed=config.seed, progress=progress,
-                               on_epoch_end=on_epoch_end)
+                               on_epoch_end=on_epoch_end, resume=resume)
         return curves
+
+
+def curve_progress(out: Path, method: str, seed: int) -> Path | None:
+    """Where the curve of `method` keeps its training state between epochs (VAE only), else None."""
+    if method.partition("@")[0] != "vae":
+        return None
+    return Path(out) / "work" / f"curve-{method}-s{seed}.progress.pt"
 
 
 def needed_epochs(points: list[dict], tolerance: float = 0.005) -> int | None:
