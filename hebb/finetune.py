@@ -311,17 +311,22 @@ def fit_linear_head(feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.
                     val_labels: torch.Tensor | None, num_classes: int, epochs: int = 50, batch_size: int = 64,
                     lr: float = 1e-3, weight_decay: float = 0.0, milestones: tuple[int, ...] = PROBE_MILESTONES,
                     device: torch.device | str = "cpu", seed: int = 0, standardize: bool = False,
-                    progress: bool = True) -> tuple[nn.Linear, dict]:
+                    progress: bool = True, mirrored: torch.Tensor | None = None) -> tuple[nn.Linear, dict]:
     """Dropout 0.5 + linear head on fixed features (N, d): Adam, lr halved at `milestones`, best val epoch.
 
     With `standardize`, the head learns on features shifted and scaled to zero mean and unit variance per
     dimension (statistics of `feats`), and the returned layer has that affine map folded in, so it still takes
-    raw features. Returns (the best epoch's nn.Linear, stats with val_acc, best_epoch, epochs, epoch_times_s,
+    raw features. `mirrored`: the features of the same images mirrored left-right (same rows); each epoch
+    every row is replaced by its mirror with probability 1/2, i.e. random horizontal flips with the features
+    computed once. Returns (the best epoch's nn.Linear, stats with val_acc, best_epoch, epochs, epoch_times_s,
     history).
     """
     device = torch.device(device)
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise UserError(f"need epochs >= 1, batch size >= 1 and lr > 0 (got {epochs}, {batch_size}, {lr})")
+    if mirrored is not None and mirrored.shape != feats.shape:
+        raise UserError(f"the mirrored features must hold one row per image of the features "
+                        f"({tuple(feats.shape)}), got {tuple(mirrored.shape)}")
     torch.manual_seed(seed)
     linear = nn.Linear(feats.shape[1], num_classes).to(device)
     head = nn.Sequential(nn.Dropout(0.5), linear)
@@ -330,6 +335,7 @@ def fit_linear_head(feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.
     model = distributed.data_parallel(head, device)
     world = distributed.world_size()
     generator = torch.Generator(device=device).manual_seed(seed)
+    flips = torch.Generator(device=device).manual_seed(seed + 1)  # its own: the order is the plain probe's
     labels = labels.to(device)
     shift, scale = _standardizer(feats, device) if standardize else (None, None)
     history, epoch_times = [], []
@@ -341,6 +347,8 @@ def fit_linear_head(feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         order = torch.randperm(len(feats), generator=generator, device=device)
+        if mirrored is not None:
+            flip = torch.rand(len(feats), generator=flips, device=device) < 0.5
         for start in range(0, len(feats), batch_size):
             idx = order[start:start + batch_size]
             if len(idx) < world:  # every process needs a row
@@ -348,6 +356,8 @@ def fit_linear_head(feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.
             mine = distributed.shard(idx)
             y = labels[mine]
             batch = feats[mine].to(device)
+            if mirrored is not None:
+                batch = torch.where(flip[mine, None], mirrored[mine].to(device), batch)
             logits = model(batch if shift is None else (batch - shift) * scale)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -419,11 +429,13 @@ def head_accuracy(linear: nn.Module, feats: torch.Tensor, labels: torch.Tensor, 
 def probe(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int | None = None, epochs: int = 50,
           batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.0,
           milestones: tuple[int, ...] = PROBE_MILESTONES, device: torch.device | str = "cpu", seed: int = 0,
-          progress: bool = True, feature_batch: int = 250, standardize: bool = False) -> tuple[HebbNet, dict]:
+          progress: bool = True, feature_batch: int = 250, standardize: bool = False,
+          mirror: bool = False) -> tuple[HebbNet, dict]:
     """Linear probe: the trunk cut after `layer` stays frozen, dropout 0.5 + a linear head learn on its features.
 
     The features of `train` and `val` are computed once (eval mode) and cached on `device`; the head trains
-    with `fit_linear_head`. The net is cut in place, gets the head as its classifier and is returned in eval
+    with `fit_linear_head` (with `mirror`, on random horizontal flips: the features of the mirrored training
+    images are computed once too). The net is cut in place, gets the head as its classifier and is returned in eval
     mode with its trunk unchanged. Returns (net, stats) with the keys of `finetune`'s stats plus feature_dim
     and features_s.
     """
@@ -438,11 +450,13 @@ def probe(net: HebbNet, train: ArraySet, val: ArraySet | None, layer: int | None
     has_val = val is not None and len(val) > 0
     val_feats = distributed.gather_rows(extract_features(net, distributed.shard(val.images), layer, device,
                                                          batch_size=feature_batch)) if has_val else None
+    mirrored = distributed.gather_rows(extract_features(net, distributed.shard(train.images.flip(-1)), layer,
+                                                        device, batch_size=feature_batch)) if mirror else None
     features_s = time.perf_counter() - started
     linear, stats = fit_linear_head(feats, train.labels, val_feats, val.labels if has_val else None, num_classes,
                                     epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                     milestones=milestones, device=device, seed=seed, standardize=standardize,
-                                    progress=progress)
+                                    progress=progress, mirrored=mirrored)
     net.classifier.load_state_dict(linear.state_dict())
     net.eval()
     return net, _run_stats(val, stats["val_acc"] if has_val else -1.0, stats["best_epoch"], stats["epoch_times_s"],

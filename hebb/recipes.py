@@ -10,8 +10,9 @@ these functions, so a method means the same thing everywhere (docs/NETWORKS.md#r
   it unless it names one: "sgd@ARCH" is SGD from scratch on the registry's architecture ARCH.
 - `read_out(net, readout, labelled, val, layer, ...)`: "finetune" (end to end, `hebb.finetune.finetune`),
   "probe" (frozen trunk, linear head on cached features, `hebb.finetune.probe`), "probe-std" (the same head
-  on features standardised per dimension, ours: the reference probe has none) or "hebbian" (frozen trunk,
-  teacher-signal classifier).
+  on features standardised per dimension, ours: the reference probe has none), "probe-flip" (the head trained
+  on random horizontal flips of the labelled images, ours too) or "hebbian" (frozen trunk, teacher-signal
+  classifier).
 - `subsample(split, limit, seed)`: the one seeded sample of at most `limit` items of a split.
 
 Inside a torch.distributed process group (torchrun, `hebb.distributed`) Hebbian pre-training, fine-tuning and
@@ -32,7 +33,7 @@ from hebb.errors import UserError
 
 #: Methods without a learning stage of their own before the read-out.
 UNTRAINED_METHODS = ("sgd", "random")
-READOUTS = ("finetune", "probe", "probe-std", "hebbian")
+READOUTS = ("finetune", "probe", "probe-std", "probe-flip", "hebbian")
 
 
 def methods(arch: str | None = None) -> tuple[str, ...]:
@@ -162,10 +163,12 @@ def read_out(net, readout: str, labelled: ArraySet, val: ArraySet | None, layer:
         raise UserError("a Hebbian classifier takes no weight decay")
     if readout == "hebbian":
         _refuse_data_parallel("the Hebbian classifier")
-    train_fn = {"finetune": finetune, "probe": probe, "probe-std": probe,
+    train_fn = {"finetune": finetune, "probe": probe, "probe-std": probe, "probe-flip": probe,
                 "hebbian": train_hebbian_classifier}[readout]
     if readout == "probe-std":
         options["standardize"] = True
+    if readout == "probe-flip":
+        options["mirror"] = True
     net, stats = train_fn(net, labelled, val, layer=layer, device=device, seed=seed, progress=progress, **options)
     stats["readout"] = readout
     return net, stats

@@ -345,22 +345,30 @@ def test_report_never_averages_retrieval_over_different_reductions(tmp_path, mon
 
 
 def test_probe_and_standardised_probe_share_one_feature_pass(cifar_data_dir, shared_splits, tmp_path, monkeypatch):
-    calls = []
-    real = ev.layer_features
+    calls, mirrored = [], []
+    real, real_mirrored = ev.layer_features, ev.add_mirrored
     monkeypatch.setattr(ev, "layer_features", lambda key, *a, **k: calls.append(key) or real(key, *a, **k))
+    monkeypatch.setattr(ev, "add_mirrored",
+                        lambda f, *a, **k: mirrored.append(f.train_mirrored is None) or real_mirrored(f, *a, **k))
     out = tmp_path / "probes"
-    assert main(["evaluate", "--methods", "random", "--readouts", "probe,probe-std", "--regimes", "10",
+    assert main(["evaluate", "--methods", "random", "--readouts", "probe,probe-std,probe-flip", "--regimes", "5,10",
                  "--layers", "2", "--seeds", "1", "--probe-epochs", "3", "--limit", "200", "--device", "cpu",
                  "--pooling", "avg", "--projection", "none", "--data-dir", str(cifar_data_dir),
                  "--out", str(out)]) == 0
     runs = json.loads((out / "results.json").read_text())["runs"]
-    assert sorted(runs) == ["random/probe-std/r10/l2/s0", "random/probe/r10/l2/s0"]
-    assert len(calls) == 1                                   # one feature pass served both read-outs
+    assert sorted(runs) == [f"random/{r}/r{p}/l2/s0" for r in ("probe-flip", "probe-std", "probe") for p in (10, 5)]
+    assert len(calls) == 1                                   # one feature pass served every read-out
+    assert mirrored == [True, False]                         # the mirrored images' features: once, then cached
+    assert runs["random/probe-flip/r5/l2/s0"]["timings"]["mirrored_features_s"] > 0
     plain, standardised = runs["random/probe/r10/l2/s0"], runs["random/probe-std/r10/l2/s0"]
+    flipped = runs["random/probe-flip/r10/l2/s0"]
     assert standardised["probe"]["standardize"] is True and plain["probe"]["standardize"] is False
-    assert plain["retrieval"]["map@100"] == standardised["retrieval"]["map@100"]   # the same frozen trunk
-    assert "SoftHebb" not in (out / "summary.md").read_text()
-    assert "random frozen (probe, standardised features)" in (out / "summary.md").read_text()
+    assert flipped["probe"]["mirrored"] is True and plain["probe"]["mirrored"] is False
+    assert flipped["accuracy"] != plain["accuracy"]          # the same labels, another head
+    assert plain["retrieval"]["map@100"] == standardised["retrieval"]["map@100"] == flipped["retrieval"]["map@100"]
+    summary = (out / "summary.md").read_text()
+    assert "SoftHebb" not in summary
+    assert "random frozen (probe, standardised features)" in summary and "random frozen (probe, random flips)" in summary
 
 
 def _folder(path, runs, pretraining=None, settings=None):

@@ -234,6 +234,26 @@ def test_standardised_probe_learns_badly_scaled_features_and_folds_into_a_raw_he
     assert isinstance(std, torch.nn.Linear) and std.in_features == feats.shape[1]
 
 
+def test_a_probe_trained_on_flips_classifies_mirrored_images_too():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (2000,), generator=g)
+    sign = (labels.float() * 2 - 1)[:, None]
+    noise = lambda: 0.3 * torch.randn(2000, 2, generator=g)
+    # feature 0 shows an image's class, and the opposite in its mirror image; feature 1 shows the class in
+    # the mirror image only
+    feats, mirrored = torch.cat([sign, 0 * sign], 1) + noise(), torch.cat([-sign, sign], 1) + noise()
+    common = dict(num_classes=2, epochs=5, lr=0.05, progress=False, seed=0)
+    plain, _ = fit_linear_head(feats[:1500], labels[:1500], None, None, **common)
+    flipped, _ = fit_linear_head(feats[:1500], labels[:1500], None, None, mirrored=mirrored[:1500], **common)
+    assert head_accuracy(plain, mirrored[1500:], labels[1500:]) < 0.3      # it never saw a mirror image
+    assert head_accuracy(flipped, mirrored[1500:], labels[1500:]) > 0.85   # it learned from the mirrors
+    # mirrors that are the images themselves change nothing: the flips draw from their own generator
+    same, _ = fit_linear_head(feats[:1500], labels[:1500], None, None, mirrored=feats[:1500], **common)
+    assert torch.equal(same.weight, plain.weight)
+    with pytest.raises(UserError, match="one row per image"):
+        fit_linear_head(feats, labels, None, None, mirrored=mirrored[:10], **common)
+
+
 def test_cli_probe_std_readout_trains_a_head_on_a_random_trunk(cifar_data_dir, tmp_path, capsys):
     out = tmp_path / "p.pt"
     assert main(["finetune", "--from-random", "--readout", "probe-std", "--layer", "2", "--regime", "1",
@@ -242,6 +262,11 @@ def test_cli_probe_std_readout_trains_a_head_on_a_random_trunk(cifar_data_dir, t
     assert "a linear probe (standardised features) on random" in capsys.readouterr().out
     net, meta = load_checkpoint(out)
     assert meta["readout"] == "probe-std" and net.cut_layer == 2
+    assert main(["finetune", "--from-random", "--readout", "probe-flip", "--layer", "2", "--regime", "1",
+                 "--limit", "200", "--epochs", "3", "--out", str(out), "--data-dir", str(cifar_data_dir),
+                 "--device", "cpu"]) == 0
+    assert "a linear probe (random horizontal flips) on random" in capsys.readouterr().out
+    assert load_checkpoint(out)[1]["readout"] == "probe-flip"
 
 
 @pytest.mark.parametrize("argv, message", [

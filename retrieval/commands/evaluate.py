@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "each read-out, label regime and layer: the read-out trained on the labelled subset "
                     "(finetune: end to end; finetune-aug: the same on randomly flipped and shifted batches, which for "
                     "sgd is the SGD-with-augmentation baseline; probe: a linear head on the frozen trunk's cached "
-                    "features; probe-std: the same head on features standardised per dimension), test "
+                    "features; probe-std: the same head on features standardised per dimension; probe-flip: the "
+                    "head trained on random horizontal flips of the labelled images), test "
                     "accuracy, and retrieval mAP@100 / mAP@R / mAP@all (database = training split, queries = "
                     f"test split). Each method runs on its own network ({_networks()}; METHOD@ARCH for another). "
                     "Finished cells go to OUT/results.json at once, with the code version; rerunning skips "
@@ -63,7 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", type=_csv(str), default=("hpca", "swta", "vae", "sgd"),
                    help="comma-separated, from " + ", ".join(METHODS) + " (default: hpca,swta,vae,sgd)")
     p.add_argument("--readouts", type=_csv(str), default=("finetune",),
-                   help="comma-separated, from finetune, finetune-aug, probe, probe-std (default: finetune); sgd "
+                   help="comma-separated, from finetune, finetune-aug, probe, probe-std, probe-flip (default: "
+                        "finetune); sgd "
                         "trains end to end only")
     p.add_argument("--regimes", type=_csv(float), default=_DEFAULT_REGIMES,
                    help="label regimes in %% of the training split (default: 1,5,10,100)")

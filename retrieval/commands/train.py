@@ -86,9 +86,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="percent of the training split that carries labels, in (0, 100] (default: 10)")
     f.add_argument("--layer", type=int, default=None,
                    help=f"cut the network after this layer, {layers_help()} (default: the top layer)")
-    f.add_argument("--readout", choices=("finetune", "probe", "probe-std"), default="finetune",
+    f.add_argument("--readout", choices=("finetune", "probe", "probe-std", "probe-flip"), default="finetune",
                    help="finetune: train everything end to end (default); probe: frozen trunk, linear head on its "
-                        "cached features; probe-std: the same head on features standardised per dimension")
+                        "cached features; probe-std: the same head on features standardised per dimension; "
+                        "probe-flip: the head trained on random horizontal flips (the mirrored images' features "
+                        "are cached too)")
     f.add_argument("--classifier", choices=("linear", "hebbian"), default="linear",
                    help="linear: dropout + linear layer, everything trained by backprop (default); hebbian: "
                         "frozen trunk, classifier learned with the teacher-signal Hebbian rule")
@@ -204,7 +206,7 @@ def _finetune(args: argparse.Namespace) -> int:
         raise UserError(f"--layer must be in 1..{depth}, got {args.layer}")
     hebbian = args.classifier == "hebbian"
     readout = "hebbian" if hebbian else args.readout
-    probing = readout in ("probe", "probe-std")
+    probing = readout in ("probe", "probe-std", "probe-flip")
     if hebbian and args.readout != "finetune":
         raise UserError(f"--classifier hebbian is its own read-out; leave out --readout {args.readout}")
     args.epochs = args.epochs or (50 if probing else {"hebbian": 2, "finetune": 20}[readout])
@@ -273,7 +275,8 @@ def _finetune(args: argparse.Namespace) -> int:
         "history": stats["history"]})
     test_text = f", test acc {test_acc['top1']:.2%}" if test_acc else ""
     what = {"hebbian": "a Hebbian classifier on ", "probe": "a linear probe on ",
-            "probe-std": "a linear probe (standardised features) on ", "finetune": ""}[readout]
+            "probe-std": "a linear probe (standardised features) on ",
+            "probe-flip": "a linear probe (random horizontal flips) on ", "finetune": ""}[readout]
     verb = "trained" if probing else "fine-tuned"
     print(f"{verb} {what}{method} layer {args.layer} on {len(labelled)} labelled images ({args.regime:g}% regime): "
           f"{stats['epochs']} epochs in {stats['time_s']:.1f} s ({stats['images_per_s']:.0f} images/s on {device}); "

@@ -43,7 +43,7 @@ PAPER_ACCURACY["softhebb probe"] = {100: 80.3}
 
 
 #: Display names of the read-outs that are not the seed papers' fine-tuning.
-READOUT_NAMES = {"probe": "probe", "probe-std": "probe, standardised features",
+READOUT_NAMES = {"probe": "probe", "probe-std": "probe, standardised features", "probe-flip": "probe, random flips",
                  "finetune-aug": "fine-tuned with flips and shifts"}
 
 

@@ -54,9 +54,10 @@ METHODS = tuple(m for m in recipe_methods() if m != "random") + ("random",)
 PRETRAINED_METHODS = tuple(m for m in METHODS if m not in UNTRAINED_METHODS)
 #: "finetune-aug": the fine-tuning recipe on randomly flipped and shifted batches (the augmentation a
 #: practitioner would use; for sgd it is the "SGD with augmentation" baseline).
-READOUTS = ("finetune", "finetune-aug", "probe", "probe-std")
-#: Read-outs on the frozen trunk's cached features ("probe-std": the head on standardised features).
-PROBE_READOUTS = ("probe", "probe-std")
+READOUTS = ("finetune", "finetune-aug", "probe", "probe-std", "probe-flip")
+#: Read-outs on the frozen trunk's cached features ("probe-std": the head on standardised features;
+#: "probe-flip": the head trained on random horizontal flips, the mirrored images' features cached too).
+PROBE_READOUTS = ("probe", "probe-std", "probe-flip")
 RESULTS_FILE = "results.json"
 RESULTS_FORMAT = "hebbir-evaluation"
 RESULTS_VERSION = 1
@@ -339,20 +340,23 @@ def finetune_run(net, labelled, val, layer: int, config: SweepConfig, seed: int,
 
 
 def probe_run(features: "LayerFeatures", labelled_idx: np.ndarray, data: dict, config: SweepConfig, seed: int,
-              device: torch.device, standardize: bool = False) -> tuple[dict, dict]:
-    """Train a probe head on the cached features of the labelled images; (test accuracy, stats)."""
+              device: torch.device, readout: str = "probe") -> tuple[dict, dict]:
+    """Train the probe head of `readout` on the cached features of the labelled images; (test accuracy,
+    stats). "probe-flip" needs `features.train_mirrored`."""
     from hebb.finetune import fit_linear_head, head_accuracy
 
     train, val, test = data["train"], data["val"], data["test"]
     idx = torch.from_numpy(np.asarray(labelled_idx))
     start = time.perf_counter()
     options = {"epochs": config.probe_epochs} if config.probe_epochs else {}
+    if readout == "probe-flip":
+        options["mirrored"] = features.train_mirrored[idx]
     head, stats = fit_linear_head(features.train[idx], train.labels[idx], features.val, val.labels,
-                                  len(train.classes), device=device, seed=seed, standardize=standardize,
+                                  len(train.classes), device=device, seed=seed, standardize=readout == "probe-std",
                                   progress=False, **options)
     acc = head_accuracy(head, features.test, test.labels, topk=(1, 5))
-    stats = _jsonable(dict(stats, time_s=time.perf_counter() - start, readout="probe-std" if standardize else "probe",
-                            standardize=standardize))
+    stats = _jsonable(dict(stats, time_s=time.perf_counter() - start, readout=readout,
+                            standardize=readout == "probe-std", mirrored=readout == "probe-flip"))
     return {"top1": acc["top1"], "top5": acc["top5"]}, stats
 
 
@@ -472,6 +476,21 @@ class LayerFeatures:
     test: torch.Tensor
     retrieval: dict
     features_s: float
+    train_mirrored: torch.Tensor | None = None   # the training images mirrored left-right ("probe-flip")
+    mirrored_s: float = 0.0
+
+
+def add_mirrored(features: LayerFeatures, net, layer: int, data: dict, device: torch.device) -> None:
+    """Cache the features of the mirrored training images in `features` (once: "probe-flip" reads them)."""
+    from hebb.finetune import extract_features
+
+    if features.train_mirrored is not None:
+        return
+    start = time.perf_counter()
+    net = copy.deepcopy(net).to(device).eval()
+    features.train_mirrored = extract_features(net, data["train"].images.flip(-1), layer, device, batch_size=250,
+                                               progress=True).cpu()
+    features.mirrored_s = time.perf_counter() - start
 
 
 def layer_features(key: tuple, net, layer: int, data: dict, config: SweepConfig,
@@ -509,10 +528,11 @@ def probe_cell(features: LayerFeatures, method: str, regime: float, layer: int, 
     from hebb.data import regime_indices
 
     idx = regime_indices(data["train"].labels, regime, seed)
-    acc, stats = probe_run(features, idx, data, config, seed, device, standardize=readout == "probe-std")
+    acc, stats = probe_run(features, idx, data, config, seed, device, readout=readout)
+    mirrored = {"mirrored_features_s": features.mirrored_s} if readout == "probe-flip" else {}
     return _record(method, readout, regime, layer, seed, len(idx), acc, stats, copy.deepcopy(features.retrieval),
                    {"probe_s": stats.get("time_s"), "probe_epochs": stats.get("epochs"),
-                    "features_s": features.features_s}, pretrain_stats, device, probe=stats)
+                    "features_s": features.features_s, **mirrored}, pretrain_stats, device, probe=stats)
 
 
 CODE_VERSION = code_version()
@@ -635,6 +655,8 @@ def _run_sweep(config: SweepConfig, progress: bool) -> dict:
             if features is None or features.key != (method, pseed, layer):
                 features = None  # free the previous layer's features first
                 features = layer_features((method, pseed, layer), pretrained, layer, data, config, device)
+            if readout == "probe-flip":
+                add_mirrored(features, pretrained, layer, data, device)
             record = probe_cell(features, method, regime, layer, seed, data, config, device, pre_stats, readout)
         else:
             record = evaluate_run(pretrained, method, regime, layer, seed, data, config, device, pre_stats, readout)
