@@ -100,9 +100,10 @@ def vae_pretrain(net: HebbNet, images: torch.Tensor, epochs: int = 20, batch_siz
     """Pre-train the trunk of an all-G `net` (e.g. `build_network(rule="vae")`) as a β-VAE encoder.
 
     resume: a progress file. After every epoch the whole training state (encoder, decoder, optimizer, data
-    order and noise generators, stats) is written there atomically once `on_epoch_end` has returned; a later call with the same settings and
-    images continues after the last finished epoch, with the same result as an uninterrupted run. The file
-    is removed when training ends; one written with other settings is refused (`UserError`).
+    order and noise generators, stats) is written there atomically once `on_epoch_end` has returned; a later
+    call with the same settings and images continues after the last finished epoch, with the same result as
+    an uninterrupted run. The file is removed when training ends; one written with other settings is refused
+    (`UserError`).
     Returns: epochs, images, time_s, epoch_times_s, images_per_s, history (loss, mse, kl per epoch), and
     resumed_at_epoch when earlier epochs came from `resume`.
     Non-finite losses stop training with a `UserError`.
