@@ -122,6 +122,19 @@ def test_vae_pretraining_runs_and_decodes_to_images(small):
         VAE(build_network(rule="hpca"))
 
 
+def _loss_interrupted_at_call(n):
+    """VAE.loss that raises KeyboardInterrupt (a kill) on its n-th call, and is the real loss before it."""
+    real_loss, calls = VAE.loss, []
+
+    def loss(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real_loss(self, *a, **kw)
+
+    return loss
+
+
 def test_an_interrupted_vae_pretraining_resumes_to_the_same_network(small, tmp_path):
     images, progress = small[0].images[:48], tmp_path / "vae.progress.pt"
 
@@ -132,16 +145,8 @@ def test_an_interrupted_vae_pretraining_resumes_to_the_same_network(small, tmp_p
     straight = fresh()
     whole = vae_pretrain(straight, images, epochs=2, batch_size=16, progress=False)
 
-    real_loss, calls = VAE.loss, []
-
-    def killed_in_epoch_2(self, *a, **kw):
-        calls.append(1)
-        if len(calls) == 4:                      # the first batch of epoch 2 (3 batches per epoch)
-            raise KeyboardInterrupt
-        return real_loss(self, *a, **kw)
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(VAE, "loss", killed_in_epoch_2)
+        patch.setattr(VAE, "loss", _loss_interrupted_at_call(4))   # the first batch of epoch 2 (3 per epoch)
         with pytest.raises(KeyboardInterrupt):
             vae_pretrain(fresh(), images, epochs=2, batch_size=16, progress=False, resume=progress)
     assert vae_progress(progress) == {"epoch": 1, "epochs": 2, "epoch_times_s": [pytest.approx(0, abs=60)]}
@@ -164,15 +169,8 @@ def test_cli_vae_pretraining_continues_after_an_interruption(cifar_data_dir, tmp
             "--data-dir", str(cifar_data_dir), "--device", "cpu", "--seed", "0"]
     assert main([*args, "--out", str(tmp_path / "straight.pt")]) == 0
     out = tmp_path / "resumed.pt"
-    real_loss, calls = VAE.loss, []
-
-    def interrupted_loss(self, *a, **kw):
-        calls.append(1)
-        if len(calls) == 3:                      # the first batch of epoch 2 (2 batches per epoch)
-            raise KeyboardInterrupt
-        return real_loss(self, *a, **kw)
-
-    monkeypatch.setattr(VAE, "loss", interrupted_loss)
+    real_loss = VAE.loss
+    monkeypatch.setattr(VAE, "loss", _loss_interrupted_at_call(3))   # the first batch of epoch 2 (2 per epoch)
     assert main([*args, "--out", str(out)]) != 0
     assert vae_progress(tmp_path / "resumed.pt.progress")["epoch"] == 1
     monkeypatch.setattr(VAE, "loss", real_loss)
