@@ -305,13 +305,41 @@ class FeatureExtractor:
             out.append(self._output(acts, v).cpu())
         return (torch.cat(out) if out else torch.zeros(0, self.dim)).numpy().astype(np.float32, copy=False)
 
+    @torch.inference_mode()
+    def transform_with_probs(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """(feature vectors without the head, the read-out head's class probabilities) in one pass: both
+        retrievals, with and without the head (`append_head`), at the cost of one. Needs the classifier's layer."""
+        if self.layer != getattr(self.net, "num_feature_layers", 5):
+            raise UserError(f"the read-out head reads layer {self.net.num_feature_layers}, not {self.layer}")
+        images = _as_uint8_tensor(images)
+        vectors, probs = [], []
+        for batch in self._batches(images, "features"):
+            x = self._resize(batch.to(self.device, non_blocking=True).float().div_(255.0))
+            acts = self.net.features(x, self.layer)
+            vectors.append(self.project(F.normalize(pool(acts, self.pooling).float(), dim=1)).cpu())
+            probs.append(self.net.classifier(acts.flatten(1)).float().softmax(1).cpu())
+        if not vectors:
+            return np.zeros((0, self.projected_dim), np.float32), np.zeros((0, self.net.num_classes), np.float32)
+        return torch.cat(vectors).numpy(), torch.cat(probs).numpy()
+
     def _output(self, acts: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """The output rows from a batch's layer activations and their pooled vectors."""
         out = self.project(pooled)
         if self.head_weight == 0:
             return out
         probs = self.net.classifier(acts.flatten(1).to(out.device)).float().softmax(1)
-        return F.normalize(torch.cat([out, self.head_weight * F.normalize(probs, dim=1)], 1), dim=1)
+        return append_head(out, probs, self.head_weight)
+
+
+def append_head(vectors, probs, weight: float):
+    """Rows of `vectors` (L2-normalised features) with the class probabilities `probs`, L2-normalised and
+    scaled by `weight`, appended, then L2-normalised again: what an index built with `--head-weight` holds.
+    Takes and returns torch tensors or numpy arrays."""
+    as_numpy = isinstance(vectors, np.ndarray)
+    v = torch.as_tensor(vectors).float()
+    p = torch.as_tensor(probs).float().to(v.device)
+    out = F.normalize(torch.cat([v, weight * F.normalize(p, dim=1)], 1), dim=1)
+    return out.numpy() if as_numpy else out
 
 
 def describe(config: dict) -> str:

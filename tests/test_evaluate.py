@@ -168,6 +168,9 @@ def _real_sweep_then_rerun(methods, cifar_data_dir, tmp_path, monkeypatch):
             assert stats["epochs"] == 1 and stats["time_s"] > 0
     full = results["runs"][f"{first}/r100/l2/s0"]
     assert full["labelled"] == 200 and full["timings"]["finetune_epochs"] == 1
+    for cell in results["runs"].values():   # the fine-tuned net's classifier reads the cell's layer
+        assert cell["retrieval_head"]["head_weight"] == 1.0 and cell["retrieval_head"]["database"] == 200
+        assert cell["retrieval_head"]["map@100"] != cell["retrieval"]["map@100"]
     summary = (out / "summary.md").read_text()
     assert "CPU" in summary and f"hebbir evaluate --dataset cifar10 --methods {methods} --readouts finetune --regimes 10,100" in summary
     assert (out / "accuracy_vs_regime.png").is_file()
@@ -366,8 +369,14 @@ def test_probe_and_standardised_probe_share_one_feature_pass(cifar_data_dir, sha
     assert flipped["probe"]["mirrored"] is True and plain["probe"]["mirrored"] is False
     assert flipped["accuracy"] != plain["accuracy"]          # the same labels, another head
     assert plain["retrieval"]["map@100"] == standardised["retrieval"]["map@100"] == flipped["retrieval"]["map@100"]
+    # each cell also ranks with its own head's class probabilities appended, as `index build --head-weight 1`
+    heads = {k: r["retrieval_head"] for k, r in runs.items()}
+    assert all(h["head_weight"] == 1.0 and 0 < h["map@100"] <= 1 and h["database"] == 200 for h in heads.values())
+    assert heads["random/probe/r10/l2/s0"]["map@100"] != heads["random/probe-flip/r10/l2/s0"]["map@100"]
+    assert heads["random/probe/r10/l2/s0"]["map@100"] != plain["retrieval"]["map@100"]   # another ranking
     summary = (out / "summary.md").read_text()
     assert "SoftHebb" not in summary
+    assert "mAP@100 with the read-out head" in summary
     assert "random frozen (probe, standardised features)" in summary and "random frozen (probe, random flips)" in summary
 
 

@@ -9,7 +9,7 @@ import torch
 from hebb.errors import UserError
 from hebb.network import build_network
 from hebb.architectures import ARCHITECTURES
-from retrieval.features import FeatureExtractor, fit_pca
+from retrieval.features import FeatureExtractor, append_head, fit_pca
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +113,11 @@ def test_the_read_out_head_shapes_the_ranking(cifar_splits):
     np.testing.assert_allclose(ext.transform_activations(acts_q[:20]), v, atol=1e-5)
     again = FeatureExtractor.from_config(net, ext.config(), ext.state_arrays())
     np.testing.assert_allclose(again.transform(queries.images[:20]), v, atol=1e-5)
+    vectors, probs = ext.transform_with_probs(queries.images[:20])   # both retrievals from one pass
+    np.testing.assert_allclose(vectors, plain.transform(queries.images[:20]), atol=1e-5)
+    np.testing.assert_allclose(append_head(vectors, probs, 1.0), v, atol=1e-5)
+    with pytest.raises(UserError, match="reads layer 3"):
+        FeatureExtractor(net, 2).transform_with_probs(queries.images[:2])
     with pytest.raises(UserError, match="reads layer 3"):
         FeatureExtractor(net, 2, head_weight=1.0)
     with pytest.raises(UserError, match="0 or more"):

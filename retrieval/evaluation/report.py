@@ -24,6 +24,7 @@ from retrieval.evaluation.paper_numbers import (PAPER_ACCURACY, PAPER_SOURCE, PA
 
 SUMMARY_FILE = "summary.md"
 MAP_METRICS = ("map@100", "map@R", "map@all")
+HEAD_PREFIX = "head "   # "head map@100": the cell's retrieval with the read-out head appended
 METHOD_ORDER = ("hpca", "swta", "wta", "vae", "sgd", "random")
 
 
@@ -88,6 +89,8 @@ def _get(record: dict, metric: str):
         return record["accuracy"].get("top5")
     if metric == "val_accuracy":
         return record.get("val_accuracy")
+    if metric.startswith(HEAD_PREFIX):
+        return record.get("retrieval_head", {}).get(metric[len(HEAD_PREFIX):])
     return record["retrieval"].get(metric)
 
 
@@ -193,6 +196,15 @@ def _map_section(groups, chosen, methods, regimes) -> str:
         rows = [[method_name(m)] + [format_ci(*table[m].get(r, (math.nan, math.nan)), digits=3)
                                              for r in regimes] for m in methods]
         parts.append(f"**{metric}**\n\n" + _md_table(header, rows))
+    head = metric_table(groups, chosen, HEAD_PREFIX + "map@100")
+    with_head = [m for m in methods if any(not math.isnan(v[0]) for v in head[m].values())]
+    if with_head:
+        rows = [[method_name(m)] + [format_ci(*head[m].get(r, (math.nan, math.nan)), digits=3) for r in regimes]
+                for m in with_head]
+        parts.append("**mAP@100 with the read-out head** (its class probabilities, L2-normalised, appended to "
+                     "each vector with weight 1 before the final normalisation: the index `hebbir index build "
+                     "--head-weight 1` builds; cells recorded before this column existed have none)\n\n"
+                     + _md_table(header, rows))
     return "\n\n".join(parts)
 
 

@@ -58,6 +58,9 @@ READOUTS = ("finetune", "finetune-aug", "probe", "probe-std", "probe-flip")
 #: Read-outs on the frozen trunk's cached features ("probe-std": the head on standardised features;
 #: "probe-flip": the head trained on random horizontal flips, the mirrored images' features cached too).
 PROBE_READOUTS = ("probe", "probe-std", "probe-flip")
+# The weight of the read-out head's class probabilities in the cells' second retrieval ("retrieval_head"): the
+# quickstart index's `--head-weight`.
+HEAD_WEIGHT = 1.0
 RESULTS_FILE = "results.json"
 RESULTS_FORMAT = "hebbir-evaluation"
 RESULTS_VERSION = 1
@@ -340,9 +343,9 @@ def finetune_run(net, labelled, val, layer: int, config: SweepConfig, seed: int,
 
 
 def probe_run(features: "LayerFeatures", labelled_idx: np.ndarray, data: dict, config: SweepConfig, seed: int,
-              device: torch.device, readout: str = "probe") -> tuple[dict, dict]:
+              device: torch.device, readout: str = "probe") -> tuple[dict, dict, torch.nn.Module]:
     """Train the probe head of `readout` on the cached features of the labelled images; (test accuracy,
-    stats). "probe-flip" needs `features.train_mirrored`."""
+    stats, the head). "probe-flip" needs `features.train_mirrored`."""
     from hebb.finetune import fit_linear_head, head_accuracy
 
     train, val, test = data["train"], data["val"], data["test"]
@@ -357,7 +360,7 @@ def probe_run(features: "LayerFeatures", labelled_idx: np.ndarray, data: dict, c
     acc = head_accuracy(head, features.test, test.labels, topk=(1, 5))
     stats = _jsonable(dict(stats, time_s=time.perf_counter() - start, readout=readout,
                             standardize=readout == "probe-std", mirrored=readout == "probe-flip"))
-    return {"top1": acc["top1"], "top5": acc["top5"]}, stats
+    return {"top1": acc["top1"], "top5": acc["top5"]}, stats, head
 
 
 def score_accuracy(net, test, device: torch.device, batch_size: int = 500) -> dict:
@@ -385,9 +388,11 @@ def _jsonable(obj):
 # ------------------------------------------------------------------------------------------ one run
 
 
-def retrieval_scores(net, layer: int, train, test, device: torch.device, config: SweepConfig) -> dict:
+def retrieval_scores(net, layer: int, train, test, device: torch.device, config: SweepConfig,
+                     head: bool = False) -> dict:
     """mAP@100, mAP@R, mAP@all, P@k and PR curves of the queries `test` against the database `train` (the
-    protocol's db and queries sets), plus feature timings."""
+    protocol's db and queries sets), plus feature timings. With `head` (the classifier's layer), also under
+    "with_head": the same with the net's class probabilities appended (`HEAD_WEIGHT`), from the same pass."""
     from retrieval.features import FeatureExtractor
     from retrieval.evaluation.metrics import rank_database
 
@@ -395,15 +400,32 @@ def retrieval_scores(net, layer: int, train, test, device: torch.device, config:
     ext = FeatureExtractor(net, layer, pooling=config.pooling, projection=config.projection, dim=config.dim,
                            device=device)
     ext.fit(train.images)
-    db = ext.transform(train.images)
-    queries = ext.transform(test.images)
+    if head:
+        (db, db_probs), (queries, query_probs) = ext.transform_with_probs(train.images), \
+            ext.transform_with_probs(test.images)
+    else:
+        db, queries = ext.transform(train.images), ext.transform(test.images)
     features_s = time.perf_counter() - start
     start = time.perf_counter()
     ranking = rank_database(queries, db, test.labels.numpy(), train.labels.numpy(), device=device)
     out = ranking.summary()
     out.update(features=ext.config(), features_s=features_s, ranking_s=time.perf_counter() - start,
                database=len(db))
+    if head:
+        out["with_head"] = head_retrieval(db, queries, db_probs, query_probs, test.labels, train.labels, device)
     return out
+
+
+def head_retrieval(db, queries, db_probs, query_probs, query_labels, db_labels, device: torch.device) -> dict:
+    """The retrieval scores of database and query vectors with the read-out head's class probabilities
+    appended (`append_head`, weight `HEAD_WEIGHT`): what `hebbir index build --head-weight` indexes."""
+    from retrieval.features import append_head
+    from retrieval.evaluation.metrics import rank_database
+
+    start = time.perf_counter()
+    db, queries = append_head(db, db_probs, HEAD_WEIGHT), append_head(queries, query_probs, HEAD_WEIGHT)
+    ranking = rank_database(queries, db, np.asarray(query_labels), np.asarray(db_labels), device=device)
+    return dict(ranking.summary(), head_weight=HEAD_WEIGHT, database=len(db), ranking_s=time.perf_counter() - start)
 
 
 def _pretrained(method: str, seed: int, data: dict, config: SweepConfig, device: torch.device,
@@ -441,11 +463,13 @@ def evaluate_run(pretrained, method: str, regime: float, layer: int, seed: int, 
     net, ft_stats = finetune_run(net, labelled, val, layer, config, seed, device, augment=readout == "finetune-aug")
     net = net.to(device).eval()
     acc = score_accuracy(net, test, device)
-    retrieval = retrieval_scores(net, layer, data["db"], data["queries"], device, config)
+    head = config.protocol == "seed" and layer == getattr(net, "num_feature_layers", None)
+    retrieval = retrieval_scores(net, layer, data["db"], data["queries"], device, config, head=head)
+    extra = {"retrieval_head": retrieval.pop("with_head")} if head else {}
     return _record(method, readout, regime, layer, seed, len(labelled), acc, ft_stats, retrieval,
                    {"finetune_s": ft_stats.get("time_s"), "finetune_epochs": ft_stats.get("epochs"),
                     "features_s": retrieval.pop("features_s"), "ranking_s": retrieval.pop("ranking_s")},
-                   pretrain_stats, device, finetune=ft_stats)
+                   pretrain_stats, device, finetune=ft_stats, **extra)
 
 
 def _record(method, readout, regime, layer, seed, labelled, acc, stats, retrieval, timings, pretrain_stats,
@@ -476,6 +500,7 @@ class LayerFeatures:
     test: torch.Tensor
     retrieval: dict
     features_s: float
+    vectors: tuple | None = None   # the reduced (database, query) vectors of that retrieval ("seed" protocol)
     train_mirrored: torch.Tensor | None = None   # the training images mirrored left-right ("probe-flip")
     mirrored_s: float = 0.0
 
@@ -519,20 +544,37 @@ def layer_features(key: tuple, net, layer: int, data: dict, config: SweepConfig,
     retrieval = ranking.summary()
     retrieval.update(features=ext.config(), database=len(db), ranking_s=time.perf_counter() - start,
                      frozen_trunk=True)
-    return LayerFeatures(key, feats["train"], feats["val"], feats["test"], retrieval, features_s)
+    vectors = (db, queries) if config.protocol == "seed" else None
+    return LayerFeatures(key, feats["train"], feats["val"], feats["test"], retrieval, features_s, vectors)
 
 
 def probe_cell(features: LayerFeatures, method: str, regime: float, layer: int, seed: int, data: dict,
                config: SweepConfig, device: torch.device, pretrain_stats: dict, readout: str = "probe") -> dict:
-    """One probe cell: a head on the labelled subset's cached features; retrieval is the frozen trunk's."""
+    """One probe cell: a head on the labelled subset's cached features; retrieval is the frozen trunk's, and
+    (protocol "seed") the frozen trunk's with the head's class probabilities appended ("retrieval_head")."""
     from hebb.data import regime_indices
 
     idx = regime_indices(data["train"].labels, regime, seed)
-    acc, stats = probe_run(features, idx, data, config, seed, device, readout=readout)
+    acc, stats, head = probe_run(features, idx, data, config, seed, device, readout=readout)
+    extra = {}
+    if features.vectors is not None:
+        db, queries = features.vectors
+        extra["retrieval_head"] = head_retrieval(db, queries, head_probs(head, features.train),
+                                                 head_probs(head, features.test), data["queries"].labels,
+                                                 data["db"].labels, device)
     mirrored = {"mirrored_features_s": features.mirrored_s} if readout == "probe-flip" else {}
     return _record(method, readout, regime, layer, seed, len(idx), acc, stats, copy.deepcopy(features.retrieval),
                    {"probe_s": stats.get("time_s"), "probe_epochs": stats.get("epochs"),
-                    "features_s": features.features_s, **mirrored}, pretrain_stats, device, probe=stats)
+                    "features_s": features.features_s, **mirrored}, pretrain_stats, device, probe=stats, **extra)
+
+
+@torch.inference_mode()
+def head_probs(head: torch.nn.Module, feats: torch.Tensor, batch_size: int = 4096) -> np.ndarray:
+    """Class probabilities (N, classes) of a probe head on cached features."""
+    dev = next(head.parameters()).device
+    head = head.eval()
+    return torch.cat([head(feats[i:i + batch_size].to(dev)).float().softmax(1).cpu()
+                      for i in range(0, len(feats), batch_size)]).numpy()
 
 
 CODE_VERSION = code_version()
