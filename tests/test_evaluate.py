@@ -413,6 +413,23 @@ def test_merge_joins_a_piece_run_elsewhere_and_refuses_what_cannot_share_a_table
     assert sorted(ev.load_results(main_dir)["runs"]) == ["hpca/r1/l5/s0", "sgd/r1/l5/s0"]   # nothing half-merged
 
 
+def test_merging_a_piece_started_from_a_copy_lists_each_session_once(tmp_path):
+    """A piece seeded with a copy of the report (so that it skips the cells already there) carries the report's
+    sessions too: the merge adds only the piece's own."""
+    main_dir, piece = tmp_path / "main", tmp_path / "piece"
+    _folder(main_dir, {"sgd/r1/l5/s0": _record("sgd", 1.0, 5, 0, 0.4, 0.2, val=0.4)},
+            {"sgd/s0": {"epochs": 0, "settings": {"method": "sgd", "arch": "conv6", "seed": 0}}})
+    copy = ev.load_results(main_dir)
+    copy["runs"]["sgd/r5/l5/s0"] = _record("sgd", 5.0, 5, 0, 0.5, 0.2, val=0.5)
+    copy["sessions"].append({"started": "2026-12-07T15:00:00+00:00", "command": "hebbir evaluate --out piece"})
+    ev.write_results(piece, copy)
+    assert ev.merge_results(main_dir, piece) == (1, 1)
+    sessions = ev.load_results(main_dir)["sessions"]
+    assert [s["command"] for s in sessions] == ["hebbir evaluate --out main", "hebbir evaluate --out piece"]
+    assert sessions[-1]["merged_from"] == str(piece)
+    assert ev.merge_results(main_dir, piece) == (0, 2) and len(ev.load_results(main_dir)["sessions"]) == 2
+
+
 def test_merge_knows_one_network_by_its_recipe_and_weights_not_its_timings(tmp_path):
     from hebb.checkpoint import save_checkpoint
     from hebb.network import build_network

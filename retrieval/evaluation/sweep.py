@@ -660,7 +660,10 @@ def merge_results(out: Path, source: Path) -> tuple[int, int]:
         for k in needed:
             if k in theirs["pretraining"]:
                 ours["pretraining"].setdefault(k, theirs["pretraining"][k])
-        ours["sessions"].extend(dict(s, merged_from=str(source)) for s in theirs.get("sessions", []))
+        # a piece started from a copy of `out` (to skip its cells) repeats `out`'s sessions: list each once
+        known = {(s.get("started"), s.get("command")) for s in ours["sessions"]}
+        ours["sessions"].extend(dict(s, merged_from=str(source)) for s in theirs.get("sessions", [])
+                                if (s.get("started"), s.get("command")) not in known)
         write_results(out, ours)
     return len(new), len(theirs["runs"]) - len(new)
 
