@@ -34,8 +34,9 @@ REGIME = 10
 METHOD = "softhebb"
 READOUT = "probe"
 #: Weight of the read-out head's class probabilities in the index vectors (`hebbir index build --head-weight`):
-#: measured on SoftHebb block 3 + a 10% probe on standardised features, mAP@100 0.258 without them, 0.489 with
-#: weight 1 (`bench/results/head-retrieval-softhebb.json`; the quickstart's plain probe was not measured apart).
+#: measured on SoftHebb block 3 + the plain 10% probe (this read-out), mAP@100 0.258 without them, 0.475 with
+#: weight 1 (reports/cifar10/softhebb-s0-rerun-2026-12-07.json; 0.489 on standardised features,
+#: `bench/results/head-retrieval-softhebb.json`).
 HEAD_WEIGHT = 1.0
 
 #: Settings per device kind. pretrain_images: how many training-split images SoftHebb learns from (None = all).
