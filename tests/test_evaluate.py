@@ -380,6 +380,31 @@ def test_probe_and_standardised_probe_share_one_feature_pass(cifar_data_dir, sha
     assert "random frozen (probe, standardised features)" in summary and "random frozen (probe, random flips)" in summary
 
 
+def test_a_probe_on_every_label_reads_the_cached_features_without_copying_them(monkeypatch):
+    """At 100% the probe gets the cached feature tensors themselves (a copy of wide3's 40,000 x 24,576 features
+    and of their mirrors is 7.8 GB); a smaller regime gets its rows."""
+    import hebb.finetune
+
+    seen = []
+
+    def fake_fit(feats, labels, val_feats, val_labels, classes, mirrored=None, **kwargs):
+        seen.append((feats, mirrored))
+        return torch.nn.Linear(feats.shape[1], classes), {"val_acc": 0.5, "epochs": 1}
+
+    monkeypatch.setattr(hebb.finetune, "fit_linear_head", fake_fit)
+    monkeypatch.setattr(hebb.finetune, "head_accuracy", lambda *a, **k: {"top1": 0.5, "top5": 0.9})
+    feats = ev.LayerFeatures(("m", 0, 1), torch.randn(20, 4), torch.randn(5, 4), torch.randn(5, 4), {}, 0.0,
+                             train_mirrored=torch.randn(20, 4))
+    split = type("Split", (), {"labels": torch.arange(20) % 2, "classes": ["a", "b"]})
+    data = {"train": split, "val": split, "test": split}
+    config = ev.SweepConfig(out="unused")
+    ev.probe_run(feats, np.arange(20), data, config, 0, torch.device("cpu"), readout="probe-flip")
+    ev.probe_run(feats, np.arange(0, 20, 2), data, config, 0, torch.device("cpu"), readout="probe-flip")
+    (full, full_mirrored), (part, part_mirrored) = seen
+    assert full is feats.train and full_mirrored is feats.train_mirrored
+    assert torch.equal(part, feats.train[::2]) and torch.equal(part_mirrored, feats.train_mirrored[::2])
+
+
 def _folder(path, runs, pretraining=None, settings=None):
     ev.write_results(path, {"format": ev.RESULTS_FORMAT, "version": 1,
                             "settings": settings or {"dataset": "cifar10"}, "created": "2026-01-01T00:00:00+00:00",
