@@ -364,7 +364,7 @@ def probe_run(features: "LayerFeatures", labelled_idx: np.ndarray, data: dict, c
 
 
 def _rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """The rows `idx` of `t`; `t` itself when `idx` is every row in order (100% of the labels: wide3's block-3
+    """The rows `idx` of `t`; `t` itself when `idx` is every row in order (100% of the labels: SoftHebb's top-block
     features of 40,000 images are 3.9 GB, and a copy of them and of their mirrors ran the machine out of memory)."""
     if len(idx) == len(t) and torch.equal(idx, torch.arange(len(t), dtype=idx.dtype)):
         return t
