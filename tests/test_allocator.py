@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -45,9 +44,10 @@ def _probe(tuning: str | None) -> dict:
 def test_tuning_is_applied_on_import_and_big_blocks_are_reused():
     result = _probe(None)
     assert result["applied"] == {str(k): v for k, v in allocator.SETTINGS.items()}
-    # the first rounds grow the heap; after that the same memory is reused, with no fresh pages to fault in
-    # (the median: a round now and then refaults pages that the kernel's own reclaim took back)
-    assert statistics.median(result["faults"][-8:]) < 500
+    # the first rounds grow the heap; after that the same memory is reused, with no fresh pages to fault in. Under
+    # memory pressure the kernel's reclaim takes pages back and whole runs of rounds refault them (seen: 4 of the
+    # last 8), so the check is that reuse happens at all: untuned, every round faults about 24,576 pages
+    assert min(result["faults"][-8:]) < 500
 
 
 @on_glibc
