@@ -271,8 +271,10 @@ def run_sections(args, device, sz, sections, result, log):
                        search_fraction_of_matmul=r["torch_batched_fraction_of_matmul"])
 
     def profile():
-        details["profile"] = [profiling.pretrain_step_profile(rule, device, steps=1 if args.quick else 3)
-                              for rule in ("hpca", "swta")]
+        steps = 1 if args.quick else 3
+        details["profile"] = [profiling.pretrain_step_profile(rule, device, steps=steps) for rule in ("hpca", "swta")]
+        details["profile"].append(profiling.pretrain_step_profile("softhebb", device, steps=steps * 10, arch="wide3",
+                                                                  batch=10))  # its reference batch
 
     section("rules", rules_)
     section("pretrain", pretrain_)
