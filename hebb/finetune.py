@@ -416,11 +416,17 @@ def _folded(linear: nn.Linear, shift: torch.Tensor | None, scale: torch.Tensor |
 
 
 @torch.no_grad()
+@torch.no_grad()
+def head_logits(linear: nn.Module, feats: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Logits (N, classes) of a linear head on fixed features (N, d), in batches, on the head's device."""
+    device = next(linear.parameters()).device
+    return torch.cat([linear(feats[i:i + batch_size].to(device)) for i in range(0, len(feats), batch_size)])
+
+
 def head_accuracy(linear: nn.Module, feats: torch.Tensor, labels: torch.Tensor, topk=(1,),
                   batch_size: int = 4096) -> float | dict[str, float]:
     """Top-1 accuracy (a fraction) of a linear head on fixed features; a dict for several k."""
-    device = next(linear.parameters()).device
-    logits = torch.cat([linear(feats[i:i + batch_size].to(device)) for i in range(0, len(feats), batch_size)])
+    logits = head_logits(linear, feats, batch_size)
     correct = topk_correct(logits, labels, topk)
     out = {k: v.item() / len(feats) for k, v in correct.items()}
     return out["top1"] if tuple(topk) == (1,) else out

@@ -296,14 +296,15 @@ class FeatureExtractor:
     @torch.inference_mode()
     def transform(self, images) -> np.ndarray:
         """Feature vectors (N, dim) float32, rows L2-normalised."""
-        images = _as_uint8_tensor(images)
-        out = []
-        for batch in self._batches(images, "features"):
+        out = [self._output(acts, pooled).cpu() for acts, pooled in self._activations(images)]
+        return (torch.cat(out) if out else torch.zeros(0, self.dim)).numpy().astype(np.float32, copy=False)
+
+    def _activations(self, images):
+        """(layer activations, their pooled L2-normalised vectors) batch by batch."""
+        for batch in self._batches(_as_uint8_tensor(images), "features"):
             x = self._resize(batch.to(self.device, non_blocking=True).float().div_(255.0))
             acts = self.net.features(x, self.layer)
-            v = F.normalize(pool(acts, self.pooling).float(), dim=1)
-            out.append(self._output(acts, v).cpu())
-        return (torch.cat(out) if out else torch.zeros(0, self.dim)).numpy().astype(np.float32, copy=False)
+            yield acts, F.normalize(pool(acts, self.pooling).float(), dim=1)
 
     @torch.inference_mode()
     def transform_with_probs(self, images) -> tuple[np.ndarray, np.ndarray]:
@@ -311,12 +312,9 @@ class FeatureExtractor:
         retrievals, with and without the head (`append_head`), at the cost of one. Needs the classifier's layer."""
         if self.layer != getattr(self.net, "num_feature_layers", 5):
             raise UserError(f"the read-out head reads layer {self.net.num_feature_layers}, not {self.layer}")
-        images = _as_uint8_tensor(images)
         vectors, probs = [], []
-        for batch in self._batches(images, "features"):
-            x = self._resize(batch.to(self.device, non_blocking=True).float().div_(255.0))
-            acts = self.net.features(x, self.layer)
-            vectors.append(self.project(F.normalize(pool(acts, self.pooling).float(), dim=1)).cpu())
+        for acts, pooled in self._activations(images):
+            vectors.append(self.project(pooled).cpu())
             probs.append(self.net.classifier(acts.flatten(1)).float().softmax(1).cpu())
         if not vectors:
             return np.zeros((0, self.projected_dim), np.float32), np.zeros((0, self.net.num_classes), np.float32)

@@ -576,13 +576,11 @@ def probe_cell(features: LayerFeatures, method: str, regime: float, layer: int, 
                     "features_s": features.features_s, **mirrored}, pretrain_stats, device, probe=stats, **extra)
 
 
-@torch.inference_mode()
-def head_probs(head: torch.nn.Module, feats: torch.Tensor, batch_size: int = 4096) -> np.ndarray:
+def head_probs(head: torch.nn.Module, feats: torch.Tensor) -> np.ndarray:
     """Class probabilities (N, classes) of a probe head on cached features."""
-    dev = next(head.parameters()).device
-    head = head.eval()
-    return torch.cat([head(feats[i:i + batch_size].to(dev)).float().softmax(1).cpu()
-                      for i in range(0, len(feats), batch_size)]).numpy()
+    from hebb.finetune import head_logits
+
+    return head_logits(head.eval(), feats).float().softmax(1).cpu().numpy()
 
 
 CODE_VERSION = code_version()
