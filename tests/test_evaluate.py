@@ -692,3 +692,52 @@ def test_needed_epochs_is_the_first_within_half_a_point_of_the_best():
     points = [{"epoch": e, "val_accuracy": a} for e, a in ((1, 0.50), (2, 0.597), (3, 0.60), (4, 0.59))]
     assert needed_epochs(points) == 2
     assert needed_epochs([]) is None
+
+
+_CURVE_SETTINGS = {"dataset": "cifar10", "regime": 10, "seed": 0, "limit": None, "probe_epochs": None,
+                   "batch_size": None, "readout": "probe on the top layer, best validation accuracy"}
+
+
+def _curves_folder(path, curves, settings=None, sessions=()):
+    from hebb.runtime import write_json_atomic
+    from retrieval.evaluation.curves import CURVES_FILE, CURVES_FORMAT
+
+    path.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path / CURVES_FILE, {"format": CURVES_FORMAT, "settings": dict(_CURVE_SETTINGS, **(settings or {})),
+                                           "created": "2026-01-01T00:00:00+00:00", "sessions": list(sessions),
+                                           "curves": curves})
+
+
+def _curve(accs, epochs=None):
+    return {"layer": 5, "epochs": epochs or len(accs), "points": [{"epoch": e + 1, "val_accuracy": a} for e, a in enumerate(accs)]}
+
+
+def test_merge_carries_finished_pretraining_curves_and_refuses_other_settings(tmp_path, capsys):
+    from retrieval.evaluation.curves import load_curves
+
+    main_dir, piece = tmp_path / "main", tmp_path / "piece"
+    _folder(main_dir, {"sgd/r1/l5/s0": _record("sgd", 1.0, 5, 0, 0.4, 0.2, val=0.4)}, {"sgd/s0": {"epochs": 0}})
+    _curves_folder(main_dir, {"hpca": _curve([0.46, 0.48, 0.49]), "swta": _curve([0.43, 0.45])},
+                   sessions=[{"started": "a", "command": "curves hpca,swta", "methods": ["hpca", "swta"]}])
+    _curves_folder(piece, {"hpca": _curve([0.46, 0.48, 0.49, 0.50, 0.50]),   # longer: replaces the 3-epoch curve
+                           "swta": _curve([0.40]),                           # shorter: the report's is kept
+                           "vae": _curve([0.30], epochs=3)},                 # unfinished: not copied
+                   sessions=[{"started": "b", "command": "curves hpca", "methods": ["hpca"]},
+                             {"started": "c", "command": "curves vae", "methods": ["vae"]}])
+    assert main(["evaluate", "--out", str(main_dir), "--merge-from", str(piece)]) == 0   # curves only, no cells
+    assert "curves of hpca" in capsys.readouterr().out
+    merged = load_curves(main_dir)
+    assert [p["val_accuracy"] for p in merged["curves"]["hpca"]["points"]] == [0.46, 0.48, 0.49, 0.50, 0.50]
+    assert len(merged["curves"]["swta"]["points"]) == 2 and "vae" not in merged["curves"]
+    assert [s["command"] for s in merged["sessions"]] == ["curves hpca,swta", "curves hpca"]
+    assert (main_dir / "pretraining_curves.png").is_file()
+    assert "| HPCA | 5 | 46.00 | 48.00 | 49.00 | 50.00 | 50.00 | 4 of 5 |" in (main_dir / "summary.md").read_text()
+
+    other = tmp_path / "other"
+    _folder(other, {"sgd/r5/l5/s0": _record("sgd", 5.0, 5, 0, 0.5, 0.2, val=0.5)}, {"sgd/s0": {"epochs": 0}})
+    _curves_folder(other, {"wta": _curve([0.3])}, settings={"regime": 5})
+    capsys.readouterr()
+    assert main(["evaluate", "--out", str(main_dir), "--merge-from", str(other)]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert sorted(ev.load_results(main_dir)["runs"]) == ["sgd/r1/l5/s0"]      # refused before any cell joined
+    assert main(["evaluate", "--out", str(main_dir), "--merge-from", str(tmp_path / "empty")]) == 2

@@ -94,7 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report-only", action="store_true", help="only regenerate summary.md and plots from results.json")
     p.add_argument("--merge-from", type=Path, default=None, metavar="DIR",
                    help="copy the finished cells of another sweep folder with the same settings (a piece run "
-                        "elsewhere) into --out, then rewrite the report; runs nothing")
+                        "elsewhere) into --out, and its finished pre-training curves (those --out lacks or has "
+                        "fewer epochs of, same curve settings), then rewrite the report; runs nothing")
     p.add_argument("--curves", action="store_true",
                    help="measure pre-training curves instead of cells: after each of --pretrain-epochs (default 3) "
                         "unsupervised epochs, the probe's validation accuracy on the top layer, trained on the labels "
@@ -167,15 +168,40 @@ def _curves(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    from retrieval.evaluation.curves import CURVES_FILE, check_curves_join, merge_curves
+    from retrieval.evaluation.report import write_curves_plot
+    from retrieval.evaluation.sweep import RESULTS_FILE, merge_results
+
+    source = args.merge_from
+    has_cells, has_curves = (source / RESULTS_FILE).is_file(), (source / CURVES_FILE).is_file()
+    if not (has_cells or has_curves):
+        raise UserError(f"{source} holds neither {RESULTS_FILE} nor {CURVES_FILE}: nothing to merge")
+    if has_curves:
+        check_curves_join(args.out, source)  # before any cell is copied: a refused merge changes nothing
+    if has_cells:
+        added, present = merge_results(args.out, source)
+        print(f"merged {added} cells from {source} into {args.out}"
+              + (f" ({present} already there, kept as they were)" if present else ""))
+    if has_curves:
+        copied = merge_curves(args.out, source)
+        print(f"merged the pre-training curves of {', '.join(copied)} from {source}" if copied
+              else f"no curve of {source} is new or longer than those in {args.out}")
+        if copied:
+            try:
+                write_curves_plot(args.out)
+            except ImportError:
+                print("matplotlib is not installed here: no plot")
+    if (args.out / RESULTS_FILE).is_file():
+        print(f"report: {_write_report(args.out, args.pr_regime)}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from retrieval.evaluation.sweep import SweepConfig, run_sweep, sweep_status
 
     if args.merge_from is not None:
-        from retrieval.evaluation.sweep import merge_results
-
-        added, present = merge_results(args.out, args.merge_from)
-        print(f"merged {added} cells from {args.merge_from} into {args.out}"
-              + (f" ({present} already there, kept as they were)" if present else ""))
+        return _merge(args)
     elif args.curves:
         return _curves(args)
     elif not args.report_only:

@@ -158,3 +158,36 @@ def needed_epochs(points: list[dict], tolerance: float = 0.005) -> int | None:
         return None
     best = max(accs)
     return next(p["epoch"] for p in points if p.get("val_accuracy") is not None and p["val_accuracy"] >= best - tolerance)
+
+
+def check_curves_join(out: Path, source: Path) -> dict:
+    """The curves of the folder `source`, after checking that they may join `out`'s (same curve settings)."""
+    theirs = load_curves(source)
+    if theirs is None:
+        raise UserError(f"{source} holds no {CURVES_FILE}")
+    ours = load_curves(out)
+    if ours is not None and ours["settings"] != theirs["settings"]:
+        raise UserError(f"{Path(source) / CURVES_FILE} was measured with other settings than {Path(out) / CURVES_FILE} "
+                        f"({settings_diff(theirs['settings'], ours['settings'])}); its curves cannot join")
+    return theirs
+
+
+def merge_curves(out: Path, source: Path) -> list[str]:
+    """Copy the finished curves of the folder `source` into `out`'s curves.json (the same curve settings only):
+    a method's curve joins when `out` has none of it or a shorter one (fewer epochs measured); returns the
+    methods copied."""
+    with folder_lock(out, ".curves.lock"):
+        theirs = check_curves_join(out, source)
+        ours = load_curves(out) or dict(theirs, sessions=[], curves={})
+        copied = [m for m, c in theirs["curves"].items()
+                  if len(c.get("points", [])) >= c.get("epochs", 0)
+                  and len(c.get("points", [])) > len(ours["curves"].get(m, {}).get("points", []))]
+        if not copied:
+            return []
+        ours["curves"].update({m: theirs["curves"][m] for m in copied})
+        known = {(s.get("started"), s.get("command")) for s in ours["sessions"]}
+        ours["sessions"].extend(dict(s, merged_from=str(source)) for s in theirs.get("sessions", [])
+                                if (s.get("started"), s.get("command")) not in known
+                                and set(s.get("methods", [])) & set(copied))
+        write_json_atomic(Path(out) / CURVES_FILE, ours, indent=1)
+    return copied
