@@ -716,7 +716,8 @@ def test_merge_carries_finished_pretraining_curves_and_refuses_other_settings(tm
     from retrieval.evaluation.curves import load_curves
 
     main_dir, piece = tmp_path / "main", tmp_path / "piece"
-    _folder(main_dir, {"sgd/r1/l5/s0": _record("sgd", 1.0, 5, 0, 0.4, 0.2, val=0.4)}, {"sgd/s0": {"epochs": 0}})
+    _folder(main_dir, {"sgd/r1/l5/s0": _record("sgd", 1.0, 5, 0, 0.4, 0.2, val=0.4)},
+            {"sgd/s0": {"epochs": 0}, "hpca/s0": {"epochs": 1}})
     _curves_folder(main_dir, {"hpca": _curve([0.46, 0.48, 0.49]), "swta": _curve([0.43, 0.45])},
                    sessions=[{"started": "a", "command": "curves hpca,swta", "methods": ["hpca", "swta"]}])
     _curves_folder(piece, {"hpca": _curve([0.46, 0.48, 0.49, 0.50, 0.50]),   # longer: replaces the 3-epoch curve
@@ -731,7 +732,9 @@ def test_merge_carries_finished_pretraining_curves_and_refuses_other_settings(tm
     assert len(merged["curves"]["swta"]["points"]) == 2 and "vae" not in merged["curves"]
     assert [s["command"] for s in merged["sessions"]] == ["curves hpca,swta", "curves hpca"]
     assert (main_dir / "pretraining_curves.png").is_file()
-    assert "| HPCA | 5 | 46.00 | 48.00 | 49.00 | 50.00 | 50.00 | 4 of 5 |" in (main_dir / "summary.md").read_text()
+    summary = (main_dir / "summary.md").read_text()
+    assert "| HPCA | 5 | 46.00 | 48.00 | 49.00 | 50.00 | 50.00 | 4 of 5 | 1 |" in summary
+    assert "fewer epochs than their method's curve needs: HPCA (1 of the 4 epochs its curve needs, 4.0 " in summary
 
     other = tmp_path / "other"
     _folder(other, {"sgd/r5/l5/s0": _record("sgd", 5.0, 5, 0, 0.5, 0.2, val=0.5)}, {"sgd/s0": {"epochs": 0}})

@@ -475,14 +475,22 @@ def curves_section(out: Path) -> list[str]:
         return []
     s = curves["settings"]
     most = max(len(c["points"]) for c in curves["curves"].values())
-    rows = []
+    cell_epochs = _cell_pretraining_epochs(out)
+    rows, short = [], []
     for method, c in curves["curves"].items():
         accs = {p["epoch"]: p["val_accuracy"] for p in c["points"]}
         need = needed_epochs(c["points"])
+        used = cell_epochs.get(method, [])
         rows.append([method_name(method), str(c["layer"])] +
                     [f"{accs[e] * 100:.2f}" if e in accs else "–" for e in range(1, most + 1)] +
-                    [f"{need} of {len(c['points'])}" + ("" if len(c["points"]) >= c["epochs"] else " (unfinished)")])
-    header = ["method", "layer"] + [f"epoch {e}" for e in range(1, most + 1)] + ["epochs needed"]
+                    [f"{need} of {len(c['points'])}" + ("" if len(c["points"]) >= c["epochs"] else " (unfinished)"),
+                     ", ".join(map(str, used)) or "–"])
+        if need and any(e < need for e in used):
+            best, got = max(accs.values()), accs.get(min(used))
+            short.append(f"{method_name(method)} ({min(used)} of the {need} epochs its curve needs"
+                         + (f", {(best - got) * 100:.1f} validation points below the curve's best)" if got else ")"))
+    header = (["method", "layer"] + [f"epoch {e}" for e in range(1, most + 1)]
+              + ["epochs needed", "epochs of this report's cells"])
     lines = ["## Pre-training curves", "",
              f"Probe accuracy (%) on the validation split after each unsupervised epoch: the top layer's frozen "
              f"features, the probe head trained on the {s['regime']:g}% regime's labels (seed {s['seed']}), best "
@@ -490,9 +498,24 @@ def curves_section(out: Path) -> list[str]:
              f"curve's best. From `{CURVES_FILE}`; commands: "
              + "; ".join(f"`{x['command']}`" for x in curves.get("sessions", []) if x.get("command")) + ".", "",
              _md_table(header, rows), ""]
+    if short:
+        lines += ["Cells here pre-trained for fewer epochs than their method's curve needs: " + "; ".join(short)
+                  + ". Their rows understate what the method reaches with the epochs it needs.", ""]
     if (Path(out) / CURVES_PLOT).is_file():
         lines += [f"![pre-training curves]({CURVES_PLOT})", ""]
     return lines
+
+
+def _cell_pretraining_epochs(out: Path) -> dict[str, list[int]]:
+    """method -> the sorted pre-training epochs of the cells in OUT/results.json (trained pre-trainings only)."""
+    from retrieval.evaluation.sweep import load_results
+
+    results = load_results(out) or {}
+    found: dict[str, set[int]] = {}
+    for key, record in results.get("pretraining", {}).items():
+        if record.get("epochs"):
+            found.setdefault(key.rpartition("/s")[0], set()).add(int(record["epochs"]))
+    return {m: sorted(e) for m, e in found.items()}
 
 
 def write_curves_plot(out: Path) -> Path | None:
