@@ -416,7 +416,6 @@ def _folded(linear: nn.Linear, shift: torch.Tensor | None, scale: torch.Tensor |
 
 
 @torch.no_grad()
-@torch.no_grad()
 def head_logits(linear: nn.Module, feats: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Logits (N, classes) of a linear head on fixed features (N, d), in batches, on the head's device."""
     device = next(linear.parameters()).device

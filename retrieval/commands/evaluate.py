@@ -141,7 +141,6 @@ def _write_report(out: Path, pr_regime: float | None) -> Path:
 
 def _curves(args: argparse.Namespace) -> int:
     from retrieval.evaluation.curves import CURVES_FILE, CurveConfig, run_curves
-    from retrieval.evaluation.report import write_curves_plot
 
     regimes = (10.0,) if args.regimes is _DEFAULT_REGIMES else args.regimes
     if len(regimes) != 1:
@@ -159,18 +158,23 @@ def _curves(args: argparse.Namespace) -> int:
         + [f"--out {args.out}"])
     curves = run_curves(config)
     print(f"{len(curves['curves'])} curve(s) in {args.out / CURVES_FILE}")
-    try:
-        print(f"plot: {write_curves_plot(args.out)}")
-    except ImportError:
-        print("matplotlib is not installed here: no plot")
+    _plot_curves(args.out)
     if (args.out / "results.json").is_file():
         print(f"report: {_write_report(args.out, args.pr_regime)}")
     return 0
 
 
+def _plot_curves(out: Path) -> None:
+    from retrieval.evaluation.report import write_curves_plot
+
+    try:
+        print(f"plot: {write_curves_plot(out)}")
+    except ImportError:
+        print("matplotlib is not installed here: no plot")
+
+
 def _merge(args: argparse.Namespace) -> int:
     from retrieval.evaluation.curves import CURVES_FILE, check_curves_join, merge_curves
-    from retrieval.evaluation.report import write_curves_plot
     from retrieval.evaluation.sweep import RESULTS_FILE, merge_results
 
     source = args.merge_from
@@ -188,10 +192,7 @@ def _merge(args: argparse.Namespace) -> int:
         print(f"merged the pre-training curves of {', '.join(copied)} from {source}" if copied
               else f"no curve of {source} is new or longer than those in {args.out}")
         if copied:
-            try:
-                write_curves_plot(args.out)
-            except ImportError:
-                print("matplotlib is not installed here: no plot")
+            _plot_curves(args.out)
     if (args.out / RESULTS_FILE).is_file():
         print(f"report: {_write_report(args.out, args.pr_regime)}")
     return 0
