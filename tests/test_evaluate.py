@@ -455,6 +455,24 @@ def test_merging_a_piece_started_from_a_copy_lists_each_session_once(tmp_path):
     assert ev.merge_results(main_dir, piece) == (0, 2) and len(ev.load_results(main_dir)["sessions"]) == 2
 
 
+def test_a_merge_that_adds_no_cell_leaves_the_report_as_it_was(tmp_path):
+    """A piece still running its first cell is merged periodically: until a cell of it finishes, its session must not
+    appear in the report (which would then name a run none of whose cells it holds)."""
+    main_dir, piece = tmp_path / "main", tmp_path / "piece"
+    _folder(main_dir, {"sgd/r1/l5/s0": _record("sgd", 1.0, 5, 0, 0.4, 0.2, val=0.4)},
+            {"sgd/s0": {"epochs": 0, "settings": {"method": "sgd", "arch": "conv6", "seed": 0}}})
+    copy = ev.load_results(main_dir)
+    copy["sessions"].append({"started": "2026-12-07T15:00:00+00:00", "command": "hebbir evaluate --out piece"})
+    ev.write_results(piece, copy)
+    before = (main_dir / ev.RESULTS_FILE).read_bytes()
+    assert ev.merge_results(main_dir, piece) == (0, 1)
+    assert (main_dir / ev.RESULTS_FILE).read_bytes() == before
+    copy["runs"]["sgd/r5/l5/s0"] = _record("sgd", 5.0, 5, 0, 0.5, 0.2, val=0.5)
+    ev.write_results(piece, copy)
+    assert ev.merge_results(main_dir, piece) == (1, 1)
+    assert [s["command"] for s in ev.load_results(main_dir)["sessions"]][-1] == "hebbir evaluate --out piece"
+
+
 def test_merge_knows_one_network_by_its_recipe_and_weights_not_its_timings(tmp_path):
     from hebb.checkpoint import save_checkpoint
     from hebb.network import build_network

@@ -662,6 +662,8 @@ def merge_results(out: Path, source: Path) -> tuple[int, int]:
         if clash:
             raise UserError(f"{source} and {out} hold different pre-trainings under {', '.join(clash)}: their cells "
                             f"come from different networks and cannot share a table")
+        if not new:
+            return 0, len(theirs["runs"])  # nothing joins: the report, its sessions included, stays as it was
         ours["runs"].update(new)
         for k in needed:
             if k in theirs["pretraining"]:
