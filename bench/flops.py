@@ -13,6 +13,10 @@ N = B·H'·W' patch rows of D = C·k·k inputs and M neurons:
                       connected layer N·D (the rows each neuron won, summed: `hebb.rules.add_winner_moments`)
     softhebb          N·M·D (ỸᵀX) + N·M (Σ Ỹ·U)
 
+Before layer 1, the networks of the rules that whiten their input (soft-WTA, WTA on conv6) multiply each
+image by the ZCA matrix: B·d² MACs for d = C·H·W (`zca_macs`). A pre-training epoch does it; the reference
+comparison feeds both codes already whitened batches, so it is counted apart from the layers' work.
+
 Other architectures (wide3: padded convolutions, overlapping pools) are counted the same way, per layer.
 
 Bytes: `min_bytes` is the floor of a fused step (read the input map and W, write the output map and dW);
@@ -24,7 +28,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from hebb import rules
-from hebb.network import ARCHITECTURES
+from hebb.network import ARCHITECTURES, ZCA_RULES
 
 FLOAT_BYTES = 4
 EPOCH_IMAGES = 40_000  # the CIFAR-10 training split
@@ -78,6 +82,14 @@ def hpca_fast_macs(n: int, m: int, d: int, device_type: str = "cpu") -> tuple[in
         b = rules.hpca_block_size(n, m, device_type)
         return 2 * n * m * d + n * m * b + m * b * d, f"blocked(b={b})"
     return hpca_reference_macs(n, m, d), "moments(conv2d_weight)"
+
+
+def zca_macs(rule: str, batch: int = BATCH, arch: str = "conv6") -> int:
+    """MACs of the ZCA whitening of one batch's input: B·d² where `rule`'s network on `arch` whitens, else 0."""
+    plan = ARCHITECTURES[arch]
+    if rule not in ZCA_RULES or not plan.zca_ok:
+        return 0
+    return batch * (plan.in_channels * plan.input_size ** 2) ** 2
 
 
 def layer_work(shape: LayerShape, batch: int = BATCH, device_type: str = "cpu") -> dict:

@@ -117,13 +117,16 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40]
 
 
-def pretrain_flops(batch_sizes: list[int], rule: str, device_type: str, arch: str = "cifar6") -> float:
-    """FLOPs of the fast pre-training steps for these batch sizes (2 x MACs of forward + update)."""
+def pretrain_flops(batch_sizes: list[int], rule: str, device_type: str, arch: str = "cifar6",
+                   whitening: bool = False) -> float:
+    """FLOPs of the fast pre-training steps for these batch sizes (2 x MACs of forward + update, and of the
+    input's ZCA whitening when `whitening` and the rule's network whitens)."""
     key = {"hpca": "hpca_fast"}.get(rule, rule)
     total = 0.0
     for b in set(batch_sizes):
         work = flops.network_work(batch=b, device_type=device_type, arch=arch)["totals"][f"{key}_step_gmac_per_batch"]
-        total += 2 * work * 1e9 * batch_sizes.count(b)
+        zca = flops.zca_macs(rule, b, arch) if whitening else 0
+        total += 2 * (work * 1e9 + zca) * batch_sizes.count(b)
     return total
 
 
@@ -193,10 +196,13 @@ def run_sections(args, device, sz, sections, result, log):
         for rule, arch in PRETRAIN:
             r, local = local_rate(lambda: training.pretrain_epoch(rule, images, device, repeats=sz["pretrain_repeats"],
                                                                   warmup_images=min(256, n), arch=arch))
-            fl = pretrain_flops(epoch_batches(n, r["batch"]), rule, device.type, arch)
+            # the epoch whitens each batch before layer 1 (soft-WTA, WTA): that product is part of its work
+            fl = pretrain_flops(epoch_batches(n, r["batch"]), rule, device.type, arch, whitening=True)
+            layers_fl = pretrain_flops(epoch_batches(n, r["batch"]), rule, device.type, arch)
             r["fast_gflops"] = fl / r["epoch_s"] / 1e9
             r["matmul_gflops_local"] = local
             r["fraction_of_matmul"] = frac(r["fast_gflops"], local)
+            r["fraction_of_matmul_layers_only"] = frac(layers_fl / r["epoch_s"] / 1e9, local)
             r["floor_s_at_matmul_rate"] = None if rate is None else fl / ((local or rate) * 1e9)
             details[f"pretrain_{rule}"] = r
             metrics.update({f"{rule}_epoch_s": r["epoch_s"], f"{rule}_n_images": n,

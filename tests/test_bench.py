@@ -99,6 +99,21 @@ def test_wide3_work_counts_the_padded_convolutions():
     assert w["softhebb_macs"] == 10 * 64 * 1536 * 3456 + 10 * 64 * 1536
 
 
+def test_the_input_whitening_is_counted_for_the_networks_that_run_it():
+    from bench.run import pretrain_flops
+    from hebb.network import build_network
+
+    for rule in ("hpca", "swta", "wta", "softhebb"):
+        arch = "wide3" if rule == "softhebb" else "cifar6"
+        net = build_network(arch=arch, rule=rule)
+        d = net.zca_matrix.shape[0] if net.use_zca else 0
+        assert flops.zca_macs(rule, 64, arch) == 64 * d * d
+        layers = pretrain_flops([64, 64, 32], rule, "cpu", arch)
+        whitened = pretrain_flops([64, 64, 32], rule, "cpu", arch, whitening=True)
+        assert whitened == pytest.approx(layers + 2 * 160 * d * d, rel=1e-12)
+    assert flops.zca_macs("swta") == 64 * 3072 ** 2
+
+
 @pytest.mark.skipif(not os.environ.get("HEBBIR_FASTHEBB_REF"),
                     reason="the FastHebb reference code is not here (set HEBBIR_FASTHEBB_REF to a clone)")
 def test_reference_code_computes_the_same_updates_as_hebbir():
