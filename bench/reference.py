@@ -51,8 +51,12 @@ def locate(path: str | os.PathLike | None = None) -> Path | None:
 def extract(repo: Path, dest: Path) -> None:
     """Write FILES of tag `fasthebb` from `repo` (a clone or a bare git directory) under `dest`."""
     for name in FILES:
-        text = subprocess.run(["git", "-C", str(repo), "show", f"{TAG}:{name}"], capture_output=True, text=True,
-                              check=True).stdout
+        done = subprocess.run(["git", "-C", str(repo), "show", f"{TAG}:{name}"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{repo} gives no {name} at tag {TAG} ({done.stderr.strip() or 'git failed'}): "
+                               f"point at a git clone (or bare git directory) of the reference repository, "
+                               f"not an exported copy of its files")
+        text = done.stdout
         out = dest / name
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)

@@ -99,6 +99,15 @@ def test_wide3_work_counts_the_padded_convolutions():
     assert w["softhebb_macs"] == 10 * 64 * 1536 * 3456 + 10 * 64 * 1536
 
 
+def test_an_exported_copy_of_the_reference_is_refused_with_a_sentence(tmp_path):
+    from bench import reference
+
+    (tmp_path / "hebb").mkdir()
+    (tmp_path / "hebb" / "__init__.py").write_text("")
+    with pytest.raises(RuntimeError, match="git clone"):
+        reference.extract(tmp_path, tmp_path / "out")
+
+
 def test_the_input_whitening_is_counted_for_the_networks_that_run_it():
     from bench.run import pretrain_flops
     from hebb.network import build_network
