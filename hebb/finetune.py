@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from hebb import distributed
 from hebb.data import ArraySet, to_float
+from hebb.dropout import Dropout
 from hebb.errors import UserError
 from hebb.network import ARCHITECTURES, HebbNet, trainable_parameters
 
@@ -329,7 +330,7 @@ def fit_linear_head(feats: torch.Tensor, labels: torch.Tensor, val_feats: torch.
                         f"({tuple(feats.shape)}), got {tuple(mirrored.shape)}")
     torch.manual_seed(seed)
     linear = nn.Linear(feats.shape[1], num_classes).to(device)
-    head = nn.Sequential(nn.Dropout(0.5), linear)
+    head = nn.Sequential(Dropout(0.5), linear)
     optimizer = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [m for m in milestones if m < epochs], gamma=0.5)
     model = distributed.data_parallel(head, device)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from hebb.architectures import (ARCHITECTURES, DEFAULT_ARCH, ArchPlan, LayerPlan, architecture,  # noqa: F401
                                  canonical_arch, layer_shapes)
+from hebb.dropout import Dropout
 from hebb.errors import UserError
 
 HEBBIAN_RULES = ("hpca", "swta", "wta", "softhebb")
@@ -210,7 +211,7 @@ class HebbNet(nn.Module):
         for kind, lp in zip(self.spec[:cut_layer], plan.layers[:cut_layer]):
             self.layers.append(FeatureLayer(kind, channels, lp, rule, temperature))
             channels = lp.out_channels
-        self.dropout = nn.Dropout(0.5)
+        self.dropout = Dropout(0.5)
         self.classifier = self._make_classifier(self._flat_dim(plan, cut_layer))
 
         d = plan.in_channels * plan.input_size ** 2
