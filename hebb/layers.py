@@ -20,6 +20,17 @@ from hebb.errors import UserError
 RULES = ("hpca", "swta", "wta", "softhebb")
 #: SoftHebb's initial weight scale: kernels start as N(0, (INIT_NORM / √D)²), so their norms are near INIT_NORM.
 SOFTHEBB_INIT_NORM = 25.0
+#: `patch_product_wins` thresholds: at least this many kernels, at most this many output positions per image.
+PATCH_PRODUCT_MIN_KERNELS, PATCH_PRODUCT_MAX_MAP = 1024, 64
+
+
+def patch_product_wins(x: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether Σ qᵀx over patches is faster as one product with the patch matrix than as conv2d_weight: on the
+    CPU for many kernels over a small output map (SoftHebb's wide block 3, 1536 kernels on 8x8 maps: oneDNN's
+    weight-gradient kernel took 1.4-1.7x the product's time, docs/PERFORMANCE.md), where the patch matrix is small
+    (N·H'·W' rows); slower for every other layer of the nets measured."""
+    return x.device.type == "cpu" and out.shape[1] >= PATCH_PRODUCT_MIN_KERNELS and \
+        out.shape[2] * out.shape[3] <= PATCH_PRODUCT_MAX_MAP
 
 
 class Triangle(nn.Module):
@@ -105,9 +116,12 @@ class HebbConv2d(nn.Module):
         return F.conv2d(x, self.effective_weight(), stride=self.stride)
 
     def _moments(self, x: torch.Tensor, q: torch.Tensor, shape) -> torch.Tensor:
-        """Σ over patches of qᵀx, (M, D): a plain product for a fully connected layer, else conv2d_weight."""
+        """Σ over patches of qᵀx, (M, D): a plain product for a fully connected layer, the outputs' rows times the
+        patch matrix where `patch_product_wins`, else conv2d_weight."""
         if self._covers_map(x):
             return q.flatten(1).T @ x.flatten(1)
+        if patch_product_wins(x, q):
+            return self._patch_rows(q).T @ self._patches(x)
         return conv2d_weight(x, shape, q, stride=self.stride).reshape(shape[0], -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,9 @@ from hebb.layers import HebbConv2d
 
 FAST = {"hpca": rules.hpca_delta, "swta": rules.swta_delta, "wta": rules.wta_delta}
 # (batch, in_channels, map size, kernel, out_channels, stride); the last two: kernel covers the map (FC)
-CASES = [(4, 3, 12, 5, 16, 1), (3, 8, 9, 3, 12, 2), (2, 6, 7, 4, 10, 1), (6, 16, 3, 3, 40, 1), (5, 8, 3, 3, 300, 1)]
+# the second to last: many kernels on a small map (the moments come from the patch-matrix product)
+CASES = [(4, 3, 12, 5, 16, 1), (3, 8, 9, 3, 12, 2), (2, 6, 7, 4, 10, 1), (2, 6, 8, 3, 1024, 2),
+         (6, 16, 3, 3, 40, 1), (5, 8, 3, 3, 300, 1)]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

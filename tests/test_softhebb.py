@@ -12,7 +12,7 @@ import hebb
 from hebb import rules
 from hebb.data import regime_indices
 from hebb.finetune import probe
-from hebb.layers import HebbConv2d, Triangle
+from hebb.layers import HebbConv2d, Triangle, patch_product_wins
 from hebb.network import build_network, layer_shapes
 from hebb.pretrain import pretrain, recalibrate_batchnorm
 
@@ -47,11 +47,14 @@ def test_signal_is_positive_for_the_winner_only():
     assert (y > 0).tolist() == [[False, True, False], [True, False, False]]
 
 
-@pytest.mark.parametrize("in_ch,out_ch,k,side", [(3, 96, 5, 12), (96, 384, 3, 6), (16, 32, 3, 3)])
+# the last case has the kernels and the small map for which the layer takes the patch-matrix product
+@pytest.mark.parametrize("in_ch,out_ch,k,side", [(3, 96, 5, 12), (96, 384, 3, 6), (16, 32, 3, 3), (24, 1024, 3, 6)])
 def test_conv_layer_update_equals_the_rule_on_unfolded_patches(in_ch, out_ch, k, side, one_thread):
     torch.manual_seed(in_ch)
     layer = HebbConv2d(in_ch, out_ch, k, rule="softhebb", inv_temperature=0.65)
     x = torch.randn(3, in_ch, side, side)
+    out = torch.empty(3, out_ch, side - k + 1, side - k + 1)
+    assert patch_product_wins(x, out) == (out_ch >= 1024)
     patches = F.unfold(x, k).transpose(1, 2).reshape(-1, in_ch * k * k)
     expected = rules.softhebb_delta(patches, layer.weight.detach().flatten(1), 0.65)
     assert _rel(layer.hebbian_delta(x).flatten(1), expected) < 1e-4
