@@ -150,7 +150,8 @@ class HebbConv2d(nn.Module):
         """Per-kernel factors of `softhebb_step`, shaped to broadcast over dw."""
         norms = self.weight.detach().flatten(1).norm(dim=1)
         rate = self.eta * ((norms - 1).abs() + 1e-10).sqrt()
-        return (rate / (dw.abs().amax() + 1e-30)).view(-1, *([1] * (dw.dim() - 1)))
+        low, high = torch.aminmax(dw)  # max |dW| without a tensor of |dW|
+        return (rate / (torch.maximum(high, -low) + 1e-30)).view(-1, *([1] * (dw.dim() - 1)))
 
     @torch.no_grad()
     def hebbian_delta(self, x: torch.Tensor, teacher: torch.Tensor | None = None) -> torch.Tensor:
