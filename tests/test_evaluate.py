@@ -762,3 +762,21 @@ def test_merge_carries_finished_pretraining_curves_and_refuses_other_settings(tm
     assert "other settings" in capsys.readouterr().err
     assert sorted(ev.load_results(main_dir)["runs"]) == ["sgd/r1/l5/s0"]      # refused before any cell joined
     assert main(["evaluate", "--out", str(main_dir), "--merge-from", str(tmp_path / "empty")]) == 2
+
+
+def test_seeds_take_a_count_a_range_or_a_list(tmp_path, capsys):
+    out = tmp_path / "piece"
+    assert main(["evaluate", "--methods", "sgd", "--regimes", "10", "--seeds", "1-2", "--out", str(out),
+                 "--status"]) == 0
+    left = [line.split()[-1] for line in capsys.readouterr().out.splitlines() if "left:" in line]
+    assert left == ["sgd/r10/l5/s1", "sgd/r10/l5/s2"]        # seed 0 is another piece's
+    assert main(["evaluate", "--methods", "sgd", "--regimes", "10", "--seeds", "4,2", "--out", str(out),
+                 "--status"]) == 0
+    assert [line.split()[-1] for line in capsys.readouterr().out.splitlines() if "left:" in line] == [
+        "sgd/r10/l5/s4", "sgd/r10/l5/s2"]
+    from retrieval.commands.evaluate import _seeds, _seeds_text
+    assert [_seeds_text(_seeds(t)) for t in ("3", "2-4", "5,1", "0-1")] == ["3", "2-4", "5,1", "2"]
+    for bad in ("0", "3-1", "1,1", "-2", "x", "1-"):
+        with pytest.raises(SystemExit):
+            main(["evaluate", "--methods", "sgd", "--seeds", bad, "--out", str(out), "--status"])
+        assert "--seeds" in capsys.readouterr().err

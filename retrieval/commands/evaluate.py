@@ -25,6 +25,34 @@ def _csv(kind):
     return parse
 
 
+def _seeds(text: str) -> tuple[int, ...]:
+    """'N' -> seeds 0..N-1; 'A-B' -> seeds A..B; 'a,b,...' -> those seeds (a piece of a sweep run elsewhere)."""
+    text = text.strip()
+    try:
+        if "," in text:
+            seeds = tuple(int(x) for x in text.split(",") if x.strip())
+        elif "-" in text.lstrip("-"):
+            first, _, last = text.partition("-")
+            seeds = tuple(range(int(first), int(last) + 1))
+        else:
+            seeds = tuple(range(positive_int(text)))
+    except ValueError:
+        seeds = ()
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"expected a count N (seeds 0..N-1), a range A-B or a list a,b of "
+                                         f"distinct seeds >= 0, got '{text}'")
+    return seeds
+
+
+def _seeds_text(seeds: tuple[int, ...]) -> str:
+    """The shortest `--seeds` value for these seeds."""
+    if seeds == tuple(range(len(seeds))):
+        return str(len(seeds))
+    if seeds == tuple(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
 def _layers(text: str):
     return "best" if text.strip().lower() == "best" else _csv(int)(text)
 
@@ -72,7 +100,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=_layers, default="best",
                    help="'best' (each network's top layer, the whole trunk as in the papers' Table 2) or a list "
                         "such as 1,2,3,4,5 (a network takes the layers it has)")
-    p.add_argument("--seeds", type=positive_int, default=3, help="repetitions, seeds 0..N-1 (default: 3)")
+    p.add_argument("--seeds", type=_seeds, default=(0, 1, 2),
+                   help="label seeds: N for seeds 0..N-1 (default: 3), A-B for seeds A..B or a list a,b (a piece "
+                        "of a sweep to run beside another and join with --merge-from)")
     p.add_argument("--pretrain-epochs", type=positive_int, default=None,
                    help="pre-training epochs (default: the training code's default)")
     p.add_argument("--finetune-epochs", type=positive_int, default=None,
@@ -122,6 +152,8 @@ def command_line(args: argparse.Namespace) -> str:
         value = getattr(args, name)
         if isinstance(value, bool):
             parts += [f"--{name.replace('_', '-')}"] if value else []
+        elif name == "seeds":
+            parts.append(f"--seeds {_seeds_text(value)}")
         elif value is not None:
             parts.append(f"--{name.replace('_', '-')} {fmt(value)}")
     return " ".join(parts)
@@ -211,7 +243,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise UserError("--layers: give 'best' or layer numbers such as 1,3,5")
         config = SweepConfig(out=args.out, dataset=args.dataset, methods=tuple(m.lower() for m in args.methods),
                              readouts=tuple(r.lower() for r in args.readouts), regimes=args.regimes, layers=layers,
-                             seeds=tuple(range(args.seeds)), pretrain_epochs=args.pretrain_epochs,
+                             seeds=args.seeds, pretrain_epochs=args.pretrain_epochs,
                              finetune_epochs=args.finetune_epochs, probe_epochs=args.probe_epochs,
                              batch_size=args.batch_size, share_pretraining=args.share_pretraining,
                              limit=args.limit, pooling=args.pooling,
