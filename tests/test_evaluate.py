@@ -467,6 +467,13 @@ def test_a_merge_that_adds_no_cell_leaves_the_report_as_it_was(tmp_path):
     before = (main_dir / ev.RESULTS_FILE).read_bytes()
     assert ev.merge_results(main_dir, piece) == (0, 1)
     assert (main_dir / ev.RESULTS_FILE).read_bytes() == before
+    # through the command line, the summary (which carries the date it was written) is left alone too
+    assert main(["evaluate", "--out", str(main_dir), "--report-only"]) == 0
+    with open(main_dir / "summary.md", "a") as f:
+        f.write("(a mark that a rewrite would remove)\n")  # the date alone could be the same second's
+    summary = (main_dir / "summary.md").read_bytes()
+    assert main(["evaluate", "--out", str(main_dir), "--merge-from", str(piece)]) == 0
+    assert (main_dir / "summary.md").read_bytes() == summary and (main_dir / ev.RESULTS_FILE).read_bytes() == before
     copy["runs"]["sgd/r5/l5/s0"] = _record("sgd", 5.0, 5, 0, 0.5, 0.2, val=0.5)
     ev.write_results(piece, copy)
     assert ev.merge_results(main_dir, piece) == (1, 1)

@@ -207,6 +207,7 @@ def _plot_curves(out: Path) -> None:
 
 def _merge(args: argparse.Namespace) -> int:
     from retrieval.evaluation.curves import CURVES_FILE, check_curves_join, merge_curves
+    from retrieval.evaluation.report import SUMMARY_FILE
     from retrieval.evaluation.sweep import RESULTS_FILE, merge_results
 
     source = args.merge_from
@@ -215,8 +216,10 @@ def _merge(args: argparse.Namespace) -> int:
         raise UserError(f"{source} holds neither {RESULTS_FILE} nor {CURVES_FILE}: nothing to merge")
     if has_curves:
         check_curves_join(args.out, source)  # before any cell is copied: a refused merge changes nothing
+    changed = False
     if has_cells:
         added, present = merge_results(args.out, source)
+        changed = added > 0
         print(f"merged {added} cells from {source} into {args.out}"
               + (f" ({present} already there, kept as they were)" if present else ""))
     if has_curves:
@@ -224,9 +227,13 @@ def _merge(args: argparse.Namespace) -> int:
         print(f"merged the pre-training curves of {', '.join(copied)} from {source}" if copied
               else f"no curve of {source} is new or longer than those in {args.out}")
         if copied:
+            changed = True
             _plot_curves(args.out)
     if (args.out / RESULTS_FILE).is_file():
-        print(f"report: {_write_report(args.out, args.pr_regime)}")
+        if changed or not (args.out / SUMMARY_FILE).is_file():
+            print(f"report: {_write_report(args.out, args.pr_regime)}")
+        else:  # a periodic merge of a piece still on its first cell must not touch the report (not even its date)
+            print(f"nothing new: the report in {args.out} is left as it was")
     return 0
 
 
