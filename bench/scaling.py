@@ -65,7 +65,9 @@ def batch_curve(rule: str, images: torch.Tensor, batches, repeats: int) -> list[
 
         t = _median_time(step, repeats)
         key = {"hpca": "hpca_fast"}.get(rule, rule)
-        work = 2e9 * flops.network_work(batch=b)["totals"][f"{key}_step_gmac_per_batch"]
+        # the step whitens its input first where the rule's network does (soft-WTA, WTA): counted with the layers
+        work = 2 * (1e9 * flops.network_work(batch=b)["totals"][f"{key}_step_gmac_per_batch"]
+                    + flops.zca_macs(rule, batch=b))
         out.append({"batch": b, "step_s": t, "ms_per_image": 1e3 * t / b, "gflops": work / t / 1e9})
     net.set_hebbian_learning(False)
     return out
@@ -154,7 +156,9 @@ def main(argv=None) -> int:
               "command": " ".join(["python", "bench/scaling.py"] + (sys.argv[1:] if argv is None else list(argv))),
               "git_commit": timing.git_commit(str(REPO)), "load": timing.load_average(),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "data": data,
-              "matmul_gflops": timing.matmul_rate(device)["gflops"], "batch": {}, "width": {}}
+              "matmul_gflops": timing.matmul_rate(device)["gflops"],
+              "batch_work_counted": "layers + the ZCA whitening of the input where the network has it",
+              "batch": {}, "width": {}}
     for rule in RULES:
         result["batch"][rule] = batch_curve(rule, images, batches, repeats)
         print(rule, "batch", [(q["batch"], round(q["ms_per_image"], 2)) for q in result["batch"][rule]], flush=True)

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench import flops
 
@@ -144,3 +145,16 @@ def test_scaling_width_curve_counts_work_that_grows_with_the_neurons(one_thread)
     assert [p["neurons"] for p in points] == [256, 512]
     assert 1.99 < points[1]["macs"] / points[0]["macs"] < 2.0  # fully connected: ~linear in M (+ N·D patch norms)
     assert all(p["step_s"] > 0 and p["gflops"] > 0 for p in points)
+
+
+def test_scaling_batch_curve_counts_the_whitening_the_soft_wta_step_runs(one_thread):
+    from bench import scaling
+
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for rule, whitens in (("swta", True), ("hpca", False)):
+        (point,) = scaling.batch_curve(rule, images, (16,), repeats=1)
+        key = {"hpca": "hpca_fast"}.get(rule, rule)
+        layers = 2e9 * flops.network_work(batch=16)["totals"][f"{key}_step_gmac_per_batch"]
+        counted = point["gflops"] * 1e9 * point["step_s"]
+        assert counted == pytest.approx(layers + 2 * flops.zca_macs(rule, batch=16), rel=1e-9)
+        assert (counted > layers * 1.01) == whitens
