@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "epoch, no labels), train a linear probe on its block-3 features with 10% of the labels, and index the "
             "40,000-image training split with the frozen features. "
             f"On a GPU: pre-training on all images, {GPU_CONFIG['finetune_epochs']} probe epochs. On a CPU "
-            f"(sized for 15 minutes on 2 idle cores; 10 to 18 minutes measured, by the host's memory speed: see the "
+            f"(sized for 15 minutes on 2 idle cores; 10 to 15 minutes measured, by the host: see the "
             f"README): pre-training on "
             f"{'all' if CPU_CONFIG['pretrain_images'] is None else format(CPU_CONFIG['pretrain_images'], ',')} "
             f"images, {CPU_CONFIG['finetune_epochs']} probe epochs, validation on {CPU_CONFIG['val_images']:,} "
