@@ -1,9 +1,9 @@
 """Dropout for the read-out heads, its random mask drawn 64 bits at a time.
 
-torch's CPU dropout draws one random number per element: about 26 ns each here, 40 ms for one batch of 64
-SoftHebb block-3 feature rows (64 x 24,576), 85% of a probe step. At p = 1/2 each element's fate is one fair
-random bit, so the mask is drawn as 64-bit random words and unpacked: the same distribution in about a tenth of
-the time (docs/PERFORMANCE.md). Other rates, in-place use and GPUs go to torch's dropout.
+torch's CPU dropout draws one random number per element: 19 ms on an idle core (40 ms beside two jobs, 85% of a
+probe step) for one batch of 64 SoftHebb block-3 feature rows (64 x 24,576). At p = 1/2 each element's fate is
+one fair random bit, so the mask is drawn as 64-bit random words and unpacked: the same distribution in 1.8 ms
+(docs/PERFORMANCE.md). Other rates, in-place use and GPUs go to torch's dropout.
 """
 
 from __future__ import annotations
